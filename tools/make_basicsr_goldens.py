@@ -1,0 +1,92 @@
+"""Regenerates tests/data/basicsr_goldens.npz by running BasicSR 1.4.2's own EDVR.
+
+Not part of the test suite (it needs PyTorch + torchvision with compiled ops and
+BasicSR's source). BasicSR's DCNv2Pack calls ``torchvision.ops.deform_conv2d``;
+on CPU that needs the registry's default (CUDA) build of torch/torchvision,
+since the CPU wheel's torchvision ops do not load::
+
+    python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 torchvision==0.28.0 numpy
+    pip download --no-deps basicsr==1.4.2 -d /tmp/bsr && tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
+    /tmp/ref/bin/python tools/make_basicsr_goldens.py /tmp/bsr/basicsr-1.4.2
+
+Only BasicSR's ``archs/edvr_arch.py``, ``archs/arch_util.py`` and
+``ops/dcn/deform_conv.py`` are loaded (the package ``__init__`` pulls in
+OpenCV, LMDB, ...); the registry and logger they import are stubbed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from golden_weights import VARIANTS, synthetic_input, synthetic_state_dict  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "basicsr_goldens.npz"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_basicsr_edvr(src: Path):
+    pkg = src / "basicsr"
+    for name in ("basicsr", "basicsr.archs", "basicsr.ops", "basicsr.ops.dcn", "basicsr.utils",
+                 "basicsr.utils.registry"):
+        mod = types.ModuleType(name)
+        mod.__path__ = []
+        sys.modules[name] = mod
+    sys.modules["basicsr.utils.registry"].ARCH_REGISTRY = types.SimpleNamespace(register=lambda: (lambda c: c))
+    sys.modules["basicsr.utils"].get_root_logger = lambda: logging.getLogger("basicsr")
+    dcn = _load("basicsr.ops.dcn.deform_conv", pkg / "ops" / "dcn" / "deform_conv.py")
+    sys.modules["basicsr.ops.dcn"].ModulatedDeformConvPack = dcn.ModulatedDeformConvPack
+    sys.modules["basicsr.ops.dcn"].modulated_deform_conv = dcn.modulated_deform_conv
+    _load("basicsr.archs.arch_util", pkg / "archs" / "arch_util.py")
+    return _load("basicsr.archs.edvr_arch", pkg / "archs" / "edvr_arch.py")
+
+
+def main(src: str) -> None:
+    import torchvision
+    edvr_arch = load_basicsr_edvr(Path(src))
+    arrays, meta = {}, {"torch": torch.__version__, "torchvision": torchvision.__version__, "basicsr": Path(src).name}
+    offset_means: dict[str, list[float]] = {}
+    for name, spec in VARIANTS.items():
+        model = edvr_arch.EDVR(**spec["config"]).eval()
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        sd = synthetic_state_dict(shapes)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+        means = offset_means.setdefault(name, [])
+        for mod_name, mod in model.named_modules():
+            if type(mod).__name__ == "DCNv2Pack":
+                def hook(m, inputs, _out, mod_name=mod_name):
+                    o1, o2, _ = torch.chunk(m.conv_offset(inputs[1]), 3, dim=1)
+                    means.append(float(torch.cat([o1, o2], 1).abs().mean()))
+                mod.register_forward_hook(hook)
+        x = synthetic_input(name)
+        with torch.no_grad():
+            y = model(torch.from_numpy(x)).numpy()
+        arrays[f"{name}/x"] = x
+        arrays[f"{name}/y"] = y
+        print(f"{name}: params={sum(v.size for v in sd.values()):,} in {x.shape} out {y.shape} "
+              f"range [{y.min():.3f}, {y.max():.3f}] DCN mean|offset| "
+              f"{min(means):.2f}..{max(means):.2f} over {len(means)} calls")
+    meta["offset_absmean"] = {k: [min(v), max(v)] for k, v in offset_means.items()}
+    arrays["meta"] = np.array(json.dumps(meta))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(OUT, **arrays)
+    print(f"wrote {OUT} ({OUT.stat().st_size / 1e3:.0f} kB)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
