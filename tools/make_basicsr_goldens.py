@@ -81,6 +81,21 @@ def main(src: str) -> None:
         print(f"{name}: params={sum(v.size for v in sd.values()):,} in {x.shape} out {y.shape} "
               f"range [{y.min():.3f}, {y.max():.3f}] DCN mean|offset| "
               f"{min(means):.2f}..{max(means):.2f} over {len(means)} calls")
+    # The op alone: torchvision.ops.deform_conv2d, large offsets (many samples past the borders).
+    rng = np.random.default_rng(7)
+    for name, (stride, pad, dil) in {"dcn_op": (1, 1, 1), "dcn_op_s2": (2, 0, 2)}.items():
+        x = rng.standard_normal((2, 8, 7, 9)).astype(np.float32)
+        weight = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
+        bias = rng.standard_normal(5).astype(np.float32)
+        ho = (7 + 2 * pad - dil * 2 - 1) // stride + 1
+        wo = (9 + 2 * pad - dil * 2 - 1) // stride + 1
+        offset = (3 * rng.standard_normal((2, 4 * 9 * 2, ho, wo))).astype(np.float32)
+        mask = rng.uniform(0, 1, (2, 4 * 9, ho, wo)).astype(np.float32)
+        y = torchvision.ops.deform_conv2d(*map(torch.from_numpy, (x, offset, weight, bias)), stride=stride,
+                                          padding=pad, dilation=dil, mask=torch.from_numpy(mask)).numpy()
+        for k, v in dict(x=x, offset=offset, mask=mask, weight=weight, bias=bias, y=y).items():
+            arrays[f"{name}/{k}"] = v
+        arrays[f"{name}/conv"] = np.array([stride, pad, dil])
     meta["offset_absmean"] = {k: [min(v), max(v)] for k, v in offset_means.items()}
     arrays["meta"] = np.array(json.dumps(meta))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -183,11 +183,13 @@ class TwoStageEDVR(nn.Module):
     dtype: Dtype = jnp.float32
     offset_warning: bool = True
 
-    def stages(self, named: bool = False) -> tuple[EDVR, EDVR]:
-        """The two EDVRs; ``named`` gives them their param scopes (inside ``__call__`` only)."""
-        s1, s2 = (EDVR(**cfg, dtype=self.dtype, offset_warning=self.offset_warning,
-                       **({"name": name} if named else {}))
-                  for cfg, name in ((self.stage1, "stage1"), (self.stage2, "stage2")))
+    def _stage_kwargs(self, which: int) -> dict[str, Any]:
+        cfg = self.stage1 if which == 1 else self.stage2
+        return dict(cfg, dtype=self.dtype, offset_warning=self.offset_warning)
+
+    def stages(self) -> tuple[EDVR, EDVR]:
+        """The two EDVRs as unbound modules (``stage.apply({'params': params['stage1']}, x)``)."""
+        s1, s2 = (EDVR(**self._stage_kwargs(i), parent=None) for i in (1, 2))
         if not s2.hr_in:
             raise ValueError("stage 2 of a two-stage EDVR must take stage-1 outputs at full size (hr_in=True)")
         return s1, s2
@@ -203,7 +205,9 @@ class TwoStageEDVR(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        s1, s2 = self.stages(named=True)
+        self.stages()  # validates the pair
+        s1 = EDVR(**self._stage_kwargs(1), name="stage1")
+        s2 = EDVR(**self._stage_kwargs(2), name="stage2")
         t1, t2 = s1.num_frame, s2.num_frame
         if x.ndim != 5 or x.shape[1] != t1 + t2 - 1:
             raise ValueError(f"TwoStageEDVR expects [B, {t1 + t2 - 1}, H, W, C] (stage-1 window {t1} + "

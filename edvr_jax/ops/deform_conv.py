@@ -18,8 +18,8 @@ row ``(g, y, x)`` holds the four bilinear corners ``(y, x), (y, x+1), (y+1, x),
 (y+1, x+1)`` of group ``g`` side by side (``4 * C / G`` values). One row gather
 per (pixel, group, tap) then fetches every corner; the corners are weighted,
 summed, and the result contracted with the kernel in one matmul. Sample
-coordinates and bilinear weights are always computed in float32, since bf16
-cannot even represent pixel positions above 256 exactly.
+coordinates and bilinear weights are computed in (at least) float32 whatever
+the input dtype, since bf16 cannot even represent pixel positions above 256.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def modulated_deform_conv(
       stride, padding, dilation: as ``torch.nn.Conv2d`` (int or (h, w) pair).
 
     Returns:
-      ``[B, Ho, Wo, O]`` in ``x.dtype`` (accumulated in float32).
+      ``[B, Ho, Wo, O]`` in ``x.dtype`` (accumulated in float32 or wider).
+
+    Keep ``offset`` in float32 under bfloat16 compute: bf16 offsets of magnitude
+    ``2**n`` are only resolved to ``2**(n-7)`` pixels.
 
     The number of deformable groups ``G`` is ``mask.shape[-1] // (kh * kw)``.
     """
@@ -93,9 +96,12 @@ def modulated_deform_conv(
     if bias is not None and bias.shape != (out_ch,):
         raise ValueError(f"bias must be [{out_ch}], got {bias.shape}")
     cg = c // groups
+    # Coordinates, weights and accumulation in at least float32 (float64 stays float64).
+    coord_t = jnp.promote_types(offset.dtype, jnp.float32)
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
 
-    # Sample positions, float32: [B, Ho, Wo, G, K].
-    off = offset.astype(jnp.float32).reshape(b, ho, wo, groups, k, 2)
+    # Sample positions: [B, Ho, Wo, G, K].
+    off = offset.astype(coord_t).reshape(b, ho, wo, groups, k, 2)
     tap_i, tap_j = jnp.divmod(jnp.arange(k), kw)
     base_y = (jnp.arange(ho) * sh - ph)[:, None] + tap_i * dh  # [Ho, K]
     base_x = (jnp.arange(wo) * sw - pw)[:, None] + tap_j * dw  # [Wo, K]
@@ -111,7 +117,7 @@ def modulated_deform_conv(
     # zeroed anyway onto a valid row of the table.
     y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32)
     x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
-    m = mask.astype(jnp.float32).reshape(b, ho, wo, groups, k) * inside
+    m = mask.astype(coord_t).reshape(b, ho, wo, groups, k) * inside
     hy, hx = 1.0 - ly, 1.0 - lx
     corner_w = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1) * m[..., None]  # [B,Ho,Wo,G,K,4]
 
@@ -131,10 +137,10 @@ def modulated_deform_conv(
     sampled = sampled.reshape(b, ho, wo, groups, k, 4, cg)
 
     cols = jnp.einsum("bhwgkq,bhwgkqc->bhwgkc", corner_w.astype(x.dtype), sampled,
-                      preferred_element_type=jnp.float32).astype(x.dtype)
+                      preferred_element_type=acc_t).astype(x.dtype)
     # kernel [kh, kw, C, O] -> [K, G, Cg, O] to match cols' (g, k, c) layout.
     wmat = kernel.astype(x.dtype).reshape(k, groups, cg, out_ch)
-    out = jnp.einsum("bhwgkc,kgco->bhwo", cols, wmat, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bhwgkc,kgco->bhwo", cols, wmat, preferred_element_type=acc_t)
     if bias is not None:
-        out = out + bias.astype(jnp.float32)
+        out = out + bias.astype(acc_t)
     return out.astype(x.dtype)

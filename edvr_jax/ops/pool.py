@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 
 def _window(k: int, s: int, p: int):
@@ -13,11 +12,12 @@ def _window(k: int, s: int, p: int):
 
 def max_pool(x: jax.Array, kernel: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
     """``nn.MaxPool2d(kernel, stride, padding)``: padding never wins the max."""
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, **_window(kernel, stride, padding))
+    # A Python-scalar init value lets JAX recognise the max monoid (and differentiate it).
+    return jax.lax.reduce_window(x, -float("inf"), jax.lax.max, **_window(kernel, stride, padding))
 
 
 def avg_pool(x: jax.Array, kernel: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
     """``nn.AvgPool2d(kernel, stride, padding)`` with ``count_include_pad=True``:
     every window is divided by ``kernel**2``, zero padding included."""
-    total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, **_window(kernel, stride, padding))
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, **_window(kernel, stride, padding))
     return total / (kernel * kernel)

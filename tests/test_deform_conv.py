@@ -1,0 +1,186 @@
+"""modulated_deform_conv against torchvision, an independent NumPy loop, lax.conv and finite differences."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from edvr_jax.ops import modulated_deform_conv
+
+
+def _bilinear_reference(img, y, x):
+    """torchvision's bilinear_interpolate (deform_conv2d_kernel.cpp), written out per sample; img [H, W, C]."""
+    h, w, _ = img.shape
+    if y <= -1 or y >= h or x <= -1 or x >= w:
+        return np.zeros(img.shape[-1])
+    y0, x0 = math.floor(y), math.floor(x)
+    ly, lx = y - y0, x - x0
+    out = np.zeros(img.shape[-1])
+    for yy, xx, wt in ((y0, x0, (1 - ly) * (1 - lx)), (y0, x0 + 1, (1 - ly) * lx),
+                       (y0 + 1, x0, ly * (1 - lx)), (y0 + 1, x0 + 1, ly * lx)):
+        if 0 <= yy < h and 0 <= xx < w:
+            out += wt * img[yy, xx]
+    return out
+
+
+def dcn_reference(x, offset, mask, kernel, bias, stride=1, pad=1, dil=1):
+    """Loops over batch, output pixel, group and tap; NHWC / HWIO like the op under test."""
+    b, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    k = kh * kw
+    g = mask.shape[-1] // k
+    cg = c // g
+    ho, wo = offset.shape[1:3]
+    out = np.zeros((b, ho, wo, o))
+    for n in range(b):
+        for oy in range(ho):
+            for ox in range(wo):
+                col = np.zeros((kh, kw, c))
+                for gi in range(g):
+                    for t in range(k):
+                        i, j = divmod(t, kw)
+                        dy, dx = offset[n, oy, ox, (gi * k + t) * 2: (gi * k + t) * 2 + 2]
+                        y = oy * stride - pad + i * dil + dy
+                        xx = ox * stride - pad + j * dil + dx
+                        sample = _bilinear_reference(x[n, :, :, gi * cg:(gi + 1) * cg], y, xx)
+                        col[i, j, gi * cg:(gi + 1) * cg] = mask[n, oy, ox, gi * k + t] * sample
+                out[n, oy, ox] = np.einsum("ijc,ijco->o", col, kernel) + bias
+    return out
+
+
+def _random_case(seed, b=2, h=6, w=7, c=8, groups=4, o=5, scale=3.0, stride=1, pad=1, dil=1):
+    rng = np.random.default_rng(seed)
+    ho = (h + 2 * pad - dil * 2 - 1) // stride + 1
+    wo = (w + 2 * pad - dil * 2 - 1) // stride + 1
+    x = rng.standard_normal((b, h, w, c)).astype(np.float32)
+    offset = (scale * rng.standard_normal((b, ho, wo, groups * 9 * 2))).astype(np.float32)
+    mask = rng.uniform(0, 1, (b, ho, wo, groups * 9)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    return x, offset, mask, kernel, bias
+
+
+@pytest.mark.parametrize("name", ["dcn_op", "dcn_op_s2"])
+def test_matches_torchvision_deform_conv2d(goldens, name):
+    g = {k.split("/")[1]: v for k, v in goldens.items() if k.startswith(name + "/")}
+    stride, pad, dil = (int(v) for v in g["conv"])
+    nhwc = lambda a: np.transpose(a, (0, 2, 3, 1))  # noqa: E731
+    out = modulated_deform_conv(nhwc(g["x"]), nhwc(g["offset"]), nhwc(g["mask"]),
+                                np.transpose(g["weight"], (2, 3, 1, 0)), g["bias"],
+                                stride=stride, padding=pad, dilation=dil)
+    assert abs(g["offset"]).max() > 8  # samples really leave the 7x9 image
+    np.testing.assert_allclose(np.asarray(out), nhwc(g["y"]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,pad,dil", [(1, 1, 1), (2, 0, 2), (1, 2, 1)])
+def test_matches_numpy_loop_reference(stride, pad, dil):
+    x, offset, mask, kernel, bias = _random_case(0, stride=stride, pad=pad, dil=dil)
+    out = modulated_deform_conv(x, offset, mask, kernel, bias, stride=stride, padding=pad, dilation=dil)
+    ref = dcn_reference(x, offset, mask, kernel, bias, stride, pad, dil)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_border_cases_by_hand():
+    """One channel, one tap with weight 1: the output is the sample itself."""
+    img = np.arange(1, 13, dtype=np.float32).reshape(1, 3, 4, 1)  # rows 1..4, 5..8, 9..12
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1] = 1.0  # centre tap only: sample at (oy + dy, ox + dx)
+    mask = np.ones((1, 3, 4, 9), np.float32)
+
+    def sample_at(dy, dx, oy=0, ox=0):
+        offset = np.zeros((1, 3, 4, 18), np.float32)
+        offset[0, oy, ox, 8] = dy  # tap 4 = centre, (dy, dx) at channels 8, 9
+        offset[0, oy, ox, 9] = dx
+        return float(modulated_deform_conv(img, offset, mask, kernel)[0, oy, ox, 0])
+
+    assert sample_at(0, 0) == 1.0
+    assert sample_at(0.5, 0.5) == pytest.approx((1 + 2 + 5 + 6) / 4)
+    assert sample_at(-0.5, 0) == pytest.approx(0.5 * 1)            # top corner row is outside: counted as zero
+    assert sample_at(-1.0, 0) == 0.0                               # y <= -1: zero
+    assert sample_at(-0.999, 0) == pytest.approx(0.001 * 1, abs=1e-5)
+    assert sample_at(0, -0.25) == pytest.approx(0.75 * 1)
+    assert sample_at(2.5, 3.0, 0, 0) == pytest.approx(0.5 * 12)   # (2.5, 3): half of the bottom-right pixel
+    assert sample_at(3.0, 0) == 0.0                                # y >= H: zero
+    assert sample_at(0, 1.25, 0, 2) == pytest.approx(0.75 * 4)    # x = 3.25: right neighbour outside
+    assert sample_at(0, 2.0, 0, 2) == 0.0                          # x = 4 = W: zero
+
+
+def test_zero_offset_unit_mask_is_a_plain_conv():
+    x, offset, mask, kernel, bias = _random_case(1, b=2, h=9, w=11, c=16, groups=8, o=6)
+    out = modulated_deform_conv(x, np.zeros_like(offset), np.ones_like(mask), kernel, bias)
+    ref = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_integer_offsets_shift_the_input():
+    """dy=1, dx=-2 on every tap: tap (i, j) of pixel (y, x) reads x[y - 1 + i + 1, x - 1 + j - 2], i.e. a
+    VALID conv over z[u, v] = x[u, v - 3] (zero outside), z being (H + 2) x (W + 2)."""
+    x, offset, mask, kernel, bias = _random_case(2, b=1, h=8, w=10, c=8, groups=2, o=3)
+    offset = np.tile(np.array([1.0, -2.0], np.float32), offset.shape[-1] // 2) * np.ones_like(offset)
+    z = np.zeros((1, 10, 12, 8), np.float32)
+    z[:, :8, 3:12] = x[:, :, :9]
+    out = modulated_deform_conv(x, offset, np.ones_like(mask), kernel, bias)
+    ref = jax.lax.conv_general_dilated(z, kernel, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_match_finite_differences():
+    x, offset, mask, kernel, bias = _random_case(3, b=1, h=5, w=6, c=4, groups=2, o=3, scale=1.5)
+    # Keep samples off integer coordinates, where bilinear sampling has kinks.
+    offset = np.floor(offset) + 0.2 + 0.6 * np.random.default_rng(0).uniform(size=offset.shape)
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in (x, offset, mask, kernel, bias)]
+        check_grads(lambda *a: modulated_deform_conv(*a), args, order=1, modes=("rev",), eps=1e-5,
+                    atol=1e-6, rtol=1e-6)
+
+
+def test_gradient_wrt_offset_is_the_image_gradient():
+    """A 1-channel ramp image: d(sample)/d(dx) is the ramp's slope inside the image."""
+    img = np.tile(np.arange(8, dtype=np.float32) * 0.5, (1, 6, 1))[..., None]  # x-slope 0.5
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 1] = 1.0
+    offset = np.full((1, 6, 8, 18), 0.3, np.float32)
+    mask = np.ones((1, 6, 8, 9), np.float32)
+    grad = jax.grad(lambda o: modulated_deform_conv(img, o, mask, kernel)[0, 2, 3, 0])(offset)
+    assert float(grad[0, 2, 3, 9]) == pytest.approx(0.5)  # dx of the centre tap
+    assert float(grad[0, 2, 3, 8]) == pytest.approx(0.0)  # dy: no vertical slope
+    assert float(jnp.abs(grad).sum()) == pytest.approx(0.5)
+
+
+def test_bfloat16_close_to_float32():
+    x, offset, mask, kernel, bias = _random_case(4, b=1, h=12, w=40, c=16, groups=8, o=8, scale=2.0)
+    offset[..., 1::2] += 300.0 / 7  # positions far above 256: coordinates must stay float32
+    x = np.tile(x, (1, 1, 8, 1))  # width 320
+    offset = np.tile(offset, (1, 1, 8, 1))
+    mask = np.tile(mask, (1, 1, 8, 1))
+    ref = modulated_deform_conv(x, offset, mask, kernel, bias)
+    x16, mask16, kernel16, bias16 = (jnp.asarray(a, jnp.bfloat16) for a in (x, mask, kernel, bias))
+    out = modulated_deform_conv(x16, offset, mask16, kernel16, bias16)  # offsets stay float32
+    assert out.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(out, np.float32) - np.asarray(ref))
+    assert err.max() < 0.05 * np.abs(np.asarray(ref)).max()
+
+
+def test_jit_and_determinism():
+    args = _random_case(5)
+    f = jax.jit(modulated_deform_conv)
+    a, b = np.asarray(f(*args)), np.asarray(f(*args))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, np.asarray(modulated_deform_conv(*args)), rtol=1e-6, atol=1e-6)
+
+
+def test_shape_errors_are_clear():
+    x, offset, mask, kernel, bias = _random_case(6)
+    with pytest.raises(ValueError, match="offset must be"):
+        modulated_deform_conv(x, offset[..., :-2], mask, kernel, bias)
+    with pytest.raises(ValueError, match="mask must be"):
+        modulated_deform_conv(x, offset, mask[:, :-1], kernel, bias)
+    with pytest.raises(ValueError, match="input channels"):
+        modulated_deform_conv(x[..., :4], offset, mask, kernel, bias)
+    with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
+        modulated_deform_conv(x[0], offset, mask, kernel, bias)

@@ -1,0 +1,229 @@
+"""EDVR and its modules: BasicSR parity, parameter counts, shapes, errors, offsets, gradients, two-stage."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from golden_weights import VARIANTS, synthetic_state_dict
+
+from edvr_jax import EDVR, PRESETS, TwoStageEDVR, edvr_from_preset
+from edvr_jax.convert import basicsr_shapes, from_basicsr
+from edvr_jax.inference import restore_clip, restore_clip_two_stage
+from edvr_jax.models import DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion
+
+TINY = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1)
+
+
+def n_params(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def shapes_of(model, *args):
+    return jax.eval_shape(model.init, jax.random.key(0), *args)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_matches_basicsr(goldens, name):
+    """Outputs of BasicSR 1.4.2's EDVR (torchvision deform_conv2d) with the same synthetic weights."""
+    model = EDVR(**VARIANTS[name]["config"])
+    variables = from_basicsr(synthetic_state_dict(basicsr_shapes(model)), model)
+    x = np.transpose(goldens[f"{name}/x"], (0, 1, 3, 4, 2))
+    ref = np.transpose(goldens[f"{name}/y"], (0, 2, 3, 1))
+    out, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, x)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # The offsets really deform (pixels, not ~0): the comparison exercises the sampling.
+    means = [float(v) for v in jax.tree.leaves(state["intermediates"])]
+    assert len(means) == 4 and min(means) > 0.5
+
+
+@pytest.mark.parametrize("preset,count", [("edvr_m", 3_300_131), ("edvr_m_wo_tsa", 2_996_259),
+                                          ("edvr_l", 20_633_827), ("edvr_l_vimeo", 20_699_363),
+                                          ("edvr_l_srblur", 23_306_851), ("edvr_l_deblur", 23_602_019)])
+def test_parameter_counts_equal_basicsr(preset, count):
+    model = edvr_from_preset(preset)
+    assert n_params(shapes_of(model, jnp.zeros(model.input_shape(1, 16, 16)))["params"]) == count
+
+
+def test_output_shapes_and_init():
+    x = jax.random.uniform(jax.random.key(1), (2, 5, 12, 16, 3))
+    model = EDVR(**TINY)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    y = jax.jit(model.apply)(variables, x)
+    assert y.shape == (2, 48, 64, 3) and y.dtype == jnp.float32
+    flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    # BasicSR's initialisation: zero offset convs, zero-bias 0.1-scaled residual blocks.
+    assert not np.any(flat["pcd_align/dcn_pack_l1/conv_offset/kernel"])
+    assert not np.any(flat["feature_extraction_0/conv1/bias"])
+    std = float(np.std(flat["feature_extraction_0/conv1/kernel"]))
+    assert std == pytest.approx(0.1 * np.sqrt(2 / (9 * 16)), rel=0.15)
+    hr = EDVR(**TINY, hr_in=True, with_predeblur=True)
+    xh = jax.random.uniform(jax.random.key(1), (1, 5, 32, 48, 3))
+    assert jax.eval_shape(hr.apply, shapes_of(hr, xh), xh).shape == (1, 32, 48, 3)
+
+
+def test_zero_residual_gives_bilinear_upsampling():
+    """With conv_last zeroed the network adds nothing: the output is the bilinear x4 centre frame."""
+    model = EDVR(**TINY)
+    x = jax.random.uniform(jax.random.key(2), (1, 5, 8, 12, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    params = jax.tree.map(lambda a: a, variables["params"])
+    params["conv_last"] = jax.tree.map(jnp.zeros_like, params["conv_last"])
+    y = jax.jit(model.apply)({"params": params}, x)
+    ref = jax.image.resize(x[:, 2], (1, 32, 48, 3), method="bilinear")
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-6)
+
+
+def test_deterministic_and_jit_equals_eager():
+    model = EDVR(**TINY)
+    x = jax.random.uniform(jax.random.key(3), (1, 5, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    a = np.asarray(jax.jit(model.apply)(variables, x))
+    b = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))  # a second compilation
+    np.testing.assert_array_equal(a, b)
+    # Batch entries are independent: the same clip inside a batch of 3 gives the same output.
+    c = np.asarray(jax.jit(model.apply)(variables, jnp.concatenate([x * 0.5, x, x * 0.2])))[1]
+    np.testing.assert_allclose(c, a[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,shape,match", [
+    ({}, (1, 5, 10, 12, 3), "multiples of 4"),
+    ({"hr_in": True, "with_predeblur": True}, (1, 5, 24, 32, 3), "multiples of 16"),
+    ({}, (1, 3, 8, 8, 3), "num_frame=5, got 3 frames"),
+    ({}, (1, 5, 8, 8, 1), "3 input channels, got 1"),
+    ({}, (5, 8, 8, 3), r"\[B, T, H, W, C\]"),
+    ({"hr_in": True}, (1, 5, 16, 16, 3), "needs with_predeblur"),
+    ({"center_frame_idx": 5}, (1, 5, 8, 8, 3), "outside"),
+])
+def test_bad_input_errors(kwargs, shape, match):
+    with pytest.raises(ValueError, match=match):
+        EDVR(**TINY, **kwargs).init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_offset_means_are_sown_and_blow_up_is_warned(caplog):
+    model = EDVR(**TINY)
+    x = jax.random.uniform(jax.random.key(4), (1, 5, 8, 8, 3))
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    _, state = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))(params)
+    sown = traverse_util.flatten_dict(state["intermediates"], sep="/")
+    assert sorted(sown) == [f"pcd_align/{n}/offset_absmean" for n in
+                            ("cas_dcnpack", "dcn_pack_l1", "dcn_pack_l2", "dcn_pack_l3")]
+    assert all(float(v[0]) == 0.0 for v in sown.values())  # zero-initialised offset convs
+
+    # conv_offset has 8 groups * 3 * 9 outputs; bias the 144 offset channels (not the mask third)
+    # of level 2 to +-60 px: mean |offset| = 60.
+    bias = np.zeros(8 * 27, np.float32)
+    bias[:144] = np.where(np.arange(144) % 2, 60.0, -60.0)
+    params["pcd_align"]["dcn_pack_l2"]["conv_offset"]["bias"] = jnp.asarray(bias)
+    with caplog.at_level(logging.WARNING, logger="edvr_jax"):
+        _, state = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))(params)
+        jax.effects_barrier()
+    value = float(state["intermediates"]["pcd_align"]["dcn_pack_l2"]["offset_absmean"][0])
+    assert value == pytest.approx(60.0)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "pcd_align/dcn_pack_l2" in warnings[0] and "60.00" in warnings[0]
+
+
+def test_gradients_reach_every_parameter():
+    model = EDVR(**TINY)
+    x = jax.random.uniform(jax.random.key(5), (1, 5, 8, 8, 3))
+    gt = jax.random.uniform(jax.random.key(6), (1, 32, 32, 3))
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    loss = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, x) - gt) ** 2 + 1e-6))  # noqa: E731
+
+    def zero_grads(p):
+        flat = traverse_util.flatten_dict(jax.jit(jax.grad(loss))(p), sep="/")
+        assert all(np.isfinite(np.asarray(g)).all() for g in flat.values())
+        return sorted(k for k, g in flat.items() if not np.any(np.asarray(g)))
+
+    # At BasicSR's init conv_offset is zero, so the convs that only feed it get no gradient yet
+    # (exactly as in PyTorch); conv_offset itself does.
+    assert zero_grads(params) and all("offset_conv" in k for k in zero_grads(params))
+    flat = traverse_util.flatten_dict(params, sep="/")
+    key = jax.random.key(1)
+    for k in flat:
+        if "conv_offset/kernel" in k:
+            key, sub = jax.random.split(key)
+            flat[k] = 0.01 * jax.random.normal(sub, flat[k].shape)
+    assert zero_grads(traverse_util.unflatten_dict(flat, sep="/")) == []
+
+
+def test_bfloat16_compute_close_to_float32():
+    model = EDVR(**TINY)
+    x = jax.random.uniform(jax.random.key(7), (1, 5, 8, 8, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    ref = jax.jit(model.apply)(variables, x)
+    out = jax.jit(EDVR(**TINY, dtype=jnp.bfloat16).apply)(variables, x)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-2)
+
+
+def test_modules_alone():
+    x = jax.random.normal(jax.random.key(8), (2, 8, 12, 16))
+    block = ResidualBlockNoBN(16)
+    v = block.init(jax.random.key(0), x)
+    p = v["params"]
+    conv = lambda a, q: jax.lax.conv_general_dilated(a, q["kernel"], (1, 1), ((1, 1), (1, 1)),  # noqa: E731
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"]
+    np.testing.assert_allclose(np.asarray(block.apply(v, x)),
+                               np.asarray(x + conv(jax.nn.relu(conv(x, p["conv1"])), p["conv2"])), atol=1e-5)
+
+    dcn = DCNv2Pack(24, deformable_groups=8)
+    dv = dcn.init(jax.random.key(0), x, x)
+    assert dv["params"]["kernel"].shape == (3, 3, 16, 24)
+    assert dv["params"]["conv_offset"]["kernel"].shape == (3, 3, 16, 8 * 27)
+    pcd_basicsr = sum(int(np.prod(s)) for k, s in basicsr_shapes(EDVR()).items() if k.startswith("pcd_align."))
+    feats = [jnp.zeros((1, 16 >> i, 16 >> i, 64)) for i in range(3)]
+    assert n_params(shapes_of(PCDAlignment(64, 8), feats, feats)) == pcd_basicsr
+    tsa = TSAFusion(16, 5, 2)
+    assert tsa.apply(tsa.init(jax.random.key(0), jnp.zeros((1, 5, 8, 12, 16))),
+                     jnp.ones((1, 5, 8, 12, 16))).shape == (1, 8, 12, 16)
+    with pytest.raises(ValueError, match="expects 5 frames"):
+        tsa.init(jax.random.key(0), jnp.zeros((1, 3, 8, 12, 16)))
+    pre = PredeblurModule(16, hr_in=True)
+    assert pre.apply(pre.init(jax.random.key(0), jnp.zeros((2, 32, 48, 3))),
+                     jnp.ones((2, 32, 48, 3))).shape == (2, 8, 12, 16)
+
+
+def test_presets_are_known():
+    assert set(PRESETS) >= {"edvr_m", "edvr_l", "edvr_l_deblur", "edvr_l_stage2"}
+    with pytest.raises(KeyError, match="unknown EDVR preset"):
+        edvr_from_preset("edvr_xl")
+
+
+TWO_STAGE = TwoStageEDVR(stage1=dict(TINY), stage2=dict(TINY, num_frame=3, hr_in=True, with_predeblur=True))
+
+
+def test_two_stage_equals_composition():
+    x = jax.random.uniform(jax.random.key(9), (1, 7, 4, 8, 3))
+    variables = jax.jit(TWO_STAGE.init)(jax.random.key(0), x)
+    out = jax.jit(TWO_STAGE.apply)(variables, x)
+    assert out.shape == (1, 16, 32, 3)
+    s1, s2 = TWO_STAGE.stages()
+    p = variables["params"]
+    stage1 = jnp.stack([jax.jit(s1.apply)({"params": p["stage1"]}, x[:, j:j + 5]) for j in range(3)], axis=1)
+    ref = jax.jit(s2.apply)({"params": p["stage2"]}, jnp.clip(stage1, 0, 1))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+    clip = np.asarray(jax.random.uniform(jax.random.key(10), (9, 4, 8, 3)))
+    restored = restore_clip_two_stage(TWO_STAGE, variables, clip, padding="replicate", batch_size=2)
+    assert restored.shape == (9, 16, 32, 3)
+    np.testing.assert_allclose(restored[4], np.asarray(jax.jit(TWO_STAGE.apply)(variables, clip[None, 1:8]))[0],
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, 7, H, W, C\]"):
+        TWO_STAGE.init(jax.random.key(0), x[:, :5])
+
+
+def test_restore_clip_uses_padded_windows():
+    model = EDVR(**TINY)
+    clip = np.asarray(jax.random.uniform(jax.random.key(11), (6, 8, 8, 3)))
+    variables = jax.jit(model.init)(jax.random.key(0), clip[None, :5])
+    out = restore_clip(model, variables, clip, padding="reflection_circle", batch_size=4)  # batches of 4 + 2
+    assert out.shape == (6, 32, 32, 3)
+    windows = [[4, 3, 0, 1, 2], [4, 0, 1, 2, 3], [0, 1, 2, 3, 4], [1, 2, 3, 4, 5], [2, 3, 4, 5, 1],
+               [3, 4, 5, 2, 1]]  # BasicSR's generate_frame_indices(i, 6, 5, 'reflection_circle'), by hand
+    for i, window in enumerate(windows):
+        ref = jax.jit(model.apply)(variables, clip[None, window])
+        np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-5, atol=1e-5)
