@@ -65,6 +65,7 @@ def main(src: str) -> None:
         model = edvr_arch.EDVR(**spec["config"]).eval()
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         sd = synthetic_state_dict(shapes)
+        meta.setdefault("state_dict_shapes", {})[name] = {k: list(v) for k, v in shapes.items()}
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
         means = offset_means.setdefault(name, [])
         for mod_name, mod in model.named_modules():

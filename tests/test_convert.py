@@ -1,0 +1,142 @@
+"""BasicSR <-> Flax weight conversion: round trips, inferred configs, errors, the CLI and file formats."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from golden_weights import VARIANTS, synthetic_state_dict
+
+from edvr_jax import EDVR
+from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, load_converted, main,
+                              to_basicsr, torch_key, unwrap_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def sd_m():
+    return synthetic_state_dict(basicsr_shapes(EDVR()))
+
+
+def test_key_names_follow_basicsr():
+    assert torch_key(("pcd_align", "dcn_pack_l1", "conv_offset", "kernel")) == "pcd_align.dcn_pack.l1.conv_offset.weight"
+    assert torch_key(("pcd_align", "offset_conv3_l2", "bias")) == "pcd_align.offset_conv3.l2.bias"
+    assert torch_key(("pcd_align", "cas_dcnpack", "kernel")) == "pcd_align.cas_dcnpack.weight"
+    assert torch_key(("feature_extraction_4", "conv2", "kernel")) == "feature_extraction.4.conv2.weight"
+    assert torch_key(("predeblur", "resblock_l1_3", "conv1", "bias")) == "predeblur.resblock_l1.3.conv1.bias"
+    assert torch_key(("predeblur", "resblock_l2_1", "conv1", "bias")) == "predeblur.resblock_l2_1.conv1.bias"
+    assert torch_key(("fusion", "spatial_attn_l2", "kernel")) == "fusion.spatial_attn_l2.weight"
+    assert torch_key(("conv_l2_1", "kernel")) == "conv_l2_1.weight"
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_keys_and_shapes_equal_basicsr_state_dict(goldens, name):
+    """BasicSR's own model.state_dict() keys and shapes, recorded by tools/make_basicsr_goldens.py."""
+    basicsr = json.loads(str(goldens["meta"]))["state_dict_shapes"][name]
+    ours = basicsr_shapes(EDVR(**VARIANTS[name]["config"]))
+    assert {k: list(v) for k, v in ours.items()} == basicsr
+
+
+def test_edvr_m_key_examples():
+    for key, shape in {"conv_first.weight": (64, 3, 3, 3), "pcd_align.dcn_pack.l3.weight": (64, 64, 3, 3),
+                       "pcd_align.dcn_pack.l3.conv_offset.weight": (216, 64, 3, 3),
+                       "fusion.feat_fusion.weight": (64, 320, 1, 1), "upconv2.weight": (256, 64, 3, 3),
+                       "conv_last.bias": (3,), "reconstruction.9.conv2.weight": (64, 64, 3, 3)}.items():
+        assert basicsr_shapes(EDVR())[key] == shape
+
+
+@pytest.mark.parametrize("name", ["edvr_m", "edvr_l_deblur", "edvr_m_wo_tsa"])
+def test_round_trip_is_exact(name):
+    model = EDVR(**VARIANTS[name]["config"])
+    sd = synthetic_state_dict(basicsr_shapes(model))
+    variables = from_basicsr(sd, model)
+    # from_basicsr output is exactly what apply takes: same tree structure and shapes as init
+    init_shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros(model.input_shape(1, 16, 16), np.float32))
+    assert jax.tree.structure(init_shapes) == jax.tree.structure(variables)
+    assert jax.tree.map(lambda a: a.shape, init_shapes) == jax.tree.map(np.shape, variables)
+    back = to_basicsr(variables)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
+    # A conv weight really is transposed [O, I, kh, kw] -> [kh, kw, I, O].
+    np.testing.assert_array_equal(variables["params"]["conv_l2_1"]["kernel"][1, 2, 5, 7],
+                                  sd["conv_l2_1.weight"][7, 5, 1, 2])
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_infer_config(name):
+    model = EDVR(**VARIANTS[name]["config"])
+    cfg = infer_config(basicsr_shapes(model) and synthetic_state_dict(basicsr_shapes(model)))
+    expected = {**model.config(), "center_frame_idx": None}
+    assert cfg == expected
+
+
+def test_bad_keys_and_shapes_are_named(sd_m):
+    bad = dict(sd_m, **{"pcd_align.dcn_pack.l4.weight": np.zeros((64, 64, 3, 3), np.float32)})
+    with pytest.raises(ConversionError, match=r"unexpected keys \['pcd_align.dcn_pack.l4.weight'\]"):
+        from_basicsr(bad, EDVR())
+    missing = {k: v for k, v in sd_m.items() if k != "fusion.spatial_attn3.bias"}
+    with pytest.raises(ConversionError, match=r"missing keys \['fusion.spatial_attn3.bias'\]"):
+        from_basicsr(missing, EDVR())
+    wrong = dict(sd_m, **{"upconv1.weight": np.zeros((256, 64, 1, 1), np.float32)})
+    with pytest.raises(ConversionError, match=r"upconv1.weight: shape \(256, 64, 1, 1\) does not match .*\(256, 64, 3, 3\)"):
+        from_basicsr(wrong, EDVR())
+    with pytest.raises(ConversionError, match="conv_l2_1.weight.*is missing"):
+        from_basicsr({"foo.weight": np.zeros(3)})
+    # An EDVR-M state dict offered to EDVR-L
+    with pytest.raises(ConversionError, match="does not match the model's"):
+        from_basicsr(sd_m, EDVR(num_feat=128, num_reconstruct_block=10))
+
+
+def test_unwrap_checkpoint(sd_m):
+    assert unwrap_checkpoint({"params": sd_m}).keys() == sd_m.keys()
+    assert unwrap_checkpoint({"params_ema": sd_m}).keys() == sd_m.keys()
+    assert unwrap_checkpoint({"params": sd_m, "params_ema": {}}, key="params_ema") == {}
+    prefixed = {"module." + k: v for k, v in sd_m.items()}
+    assert unwrap_checkpoint({"params": prefixed}).keys() == sd_m.keys()
+    with pytest.raises(ConversionError, match="no 'params_ema' entry"):
+        unwrap_checkpoint({"params": sd_m}, key="params_ema")
+    with pytest.raises(ConversionError, match="neither 'params' nor 'params_ema'"):
+        unwrap_checkpoint({"iter": 5, "optimizers": []})
+
+
+def test_cli_safetensors_to_orbax(tmp_path, goldens, capsys):
+    from safetensors.numpy import save_file
+    name = "edvr_m_7f_center1"
+    cfg = VARIANTS[name]["config"]
+    sd = synthetic_state_dict(basicsr_shapes(EDVR(**cfg)))
+    src = tmp_path / "edvr.safetensors"
+    save_file(sd, str(src))
+    out = tmp_path / "converted"
+    assert main([str(src), str(out), "--center-frame-idx", "1"]) == 0
+    assert "3,316,515 parameters" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["config"]["center_frame_idx"] == 1
+    model, variables = load_converted(out)
+    assert model.config() == EDVR(**cfg).config()
+    x = np.transpose(goldens[f"{name}/x"], (0, 1, 3, 4, 2))
+    ref = np.transpose(goldens[f"{name}/y"], (0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(jax.jit(model.apply)(variables, x)), ref, rtol=1e-4, atol=1e-4)
+
+    # Refuses to overwrite, names bad files.
+    assert main([str(src), str(out)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "o2")]) == 2
+    assert "nope.pth: no such file" in capsys.readouterr().err
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    assert main([str(tmp_path / "weights.bin"), str(tmp_path / "o3")]) == 2
+    assert "unknown checkpoint type '.bin'" in capsys.readouterr().err
+
+
+def test_cli_pth(tmp_path, capsys, sd_m):
+    """A BasicSR .pth ({'params': ...}) converts when torch is installed; otherwise the error says how to get it."""
+    src = tmp_path / "EDVR_M.pth"
+    try:
+        import torch
+    except ImportError:
+        src.write_bytes(b"not read")
+        assert main([str(src), str(tmp_path / "out")]) == 2
+        assert "pip install torch==2.13.0" in capsys.readouterr().err
+        return
+    torch.save({"params": {k: torch.from_numpy(v) for k, v in sd_m.items()}}, str(src))
+    assert main([str(src), str(tmp_path / "out")]) == 0
+    _, variables = load_converted(tmp_path / "out")
+    np.testing.assert_array_equal(to_basicsr(variables)["conv_first.weight"], sd_m["conv_first.weight"])
