@@ -17,6 +17,14 @@ from edvr_jax.models import DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBl
 TINY = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """One initialised tiny EDVR shared by the tests below (params do not depend on H, W or B)."""
+    model = EDVR(**TINY)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 5, 8, 8, 3)))
+    return model, variables, jax.jit(model.apply)
+
+
 def n_params(tree):
     return sum(x.size for x in jax.tree.leaves(tree))
 
@@ -47,11 +55,10 @@ def test_parameter_counts_equal_basicsr(preset, count):
     assert n_params(shapes_of(model, jnp.zeros(model.input_shape(1, 16, 16)))["params"]) == count
 
 
-def test_output_shapes_and_init():
+def test_output_shapes_and_init(tiny):
     x = jax.random.uniform(jax.random.key(1), (2, 5, 12, 16, 3))
-    model = EDVR(**TINY)
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    y = jax.jit(model.apply)(variables, x)
+    model, variables, apply = tiny
+    y = apply(variables, x)
     assert y.shape == (2, 48, 64, 3) and y.dtype == jnp.float32
     flat = traverse_util.flatten_dict(variables["params"], sep="/")
     # BasicSR's initialisation: zero offset convs, zero-bias 0.1-scaled residual blocks.
@@ -64,27 +71,25 @@ def test_output_shapes_and_init():
     assert jax.eval_shape(hr.apply, shapes_of(hr, xh), xh).shape == (1, 32, 48, 3)
 
 
-def test_zero_residual_gives_bilinear_upsampling():
+def test_zero_residual_gives_bilinear_upsampling(tiny):
     """With conv_last zeroed the network adds nothing: the output is the bilinear x4 centre frame."""
-    model = EDVR(**TINY)
+    model, variables, apply = tiny
     x = jax.random.uniform(jax.random.key(2), (1, 5, 8, 12, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    params = jax.tree.map(lambda a: a, variables["params"])
+    params = dict(variables["params"])
     params["conv_last"] = jax.tree.map(jnp.zeros_like, params["conv_last"])
-    y = jax.jit(model.apply)({"params": params}, x)
+    y = apply({"params": params}, x)
     ref = jax.image.resize(x[:, 2], (1, 32, 48, 3), method="bilinear")
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-6)
 
 
-def test_deterministic_and_jit_equals_eager():
-    model = EDVR(**TINY)
+def test_deterministic_and_batch_independent(tiny):
+    model, variables, apply = tiny
     x = jax.random.uniform(jax.random.key(3), (1, 5, 8, 8, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    a = np.asarray(jax.jit(model.apply)(variables, x))
+    a = np.asarray(apply(variables, x))
     b = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, x))  # a second compilation
     np.testing.assert_array_equal(a, b)
     # Batch entries are independent: the same clip inside a batch of 3 gives the same output.
-    c = np.asarray(jax.jit(model.apply)(variables, jnp.concatenate([x * 0.5, x, x * 0.2])))[1]
+    c = np.asarray(apply(variables, jnp.concatenate([x * 0.5, x, x * 0.2])))[1]
     np.testing.assert_allclose(c, a[0], rtol=1e-6, atol=1e-6)
 
 
@@ -99,14 +104,15 @@ def test_deterministic_and_jit_equals_eager():
 ])
 def test_bad_input_errors(kwargs, shape, match):
     with pytest.raises(ValueError, match=match):
-        EDVR(**TINY, **kwargs).init(jax.random.key(0), jnp.zeros(shape))
+        jax.eval_shape(EDVR(**TINY, **kwargs).init, jax.random.key(0), jnp.zeros(shape))
 
 
-def test_offset_means_are_sown_and_blow_up_is_warned(caplog):
-    model = EDVR(**TINY)
+def test_offset_means_are_sown_and_blow_up_is_warned(tiny, caplog):
+    model, variables, _ = tiny
     x = jax.random.uniform(jax.random.key(4), (1, 5, 8, 8, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-    _, state = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))(params)
+    params = jax.tree.map(lambda a: a, variables["params"])
+    apply = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))
+    _, state = apply(params)
     sown = traverse_util.flatten_dict(state["intermediates"], sep="/")
     assert sorted(sown) == [f"pcd_align/{n}/offset_absmean" for n in
                             ("cas_dcnpack", "dcn_pack_l1", "dcn_pack_l2", "dcn_pack_l3")]
@@ -118,7 +124,7 @@ def test_offset_means_are_sown_and_blow_up_is_warned(caplog):
     bias[:144] = np.where(np.arange(144) % 2, 60.0, -60.0)
     params["pcd_align"]["dcn_pack_l2"]["conv_offset"]["bias"] = jnp.asarray(bias)
     with caplog.at_level(logging.WARNING, logger="edvr_jax"):
-        _, state = jax.jit(lambda p: model.apply({"params": p}, x, mutable=["intermediates"]))(params)
+        _, state = apply(params)
         jax.effects_barrier()
     value = float(state["intermediates"]["pcd_align"]["dcn_pack_l2"]["offset_absmean"][0])
     assert value == pytest.approx(60.0)
@@ -126,21 +132,22 @@ def test_offset_means_are_sown_and_blow_up_is_warned(caplog):
     assert len(warnings) == 1 and "pcd_align/dcn_pack_l2" in warnings[0] and "60.00" in warnings[0]
 
 
-def test_gradients_reach_every_parameter():
-    model = EDVR(**TINY)
+def test_gradients_reach_every_parameter(tiny):
+    model, variables, _ = tiny
+    params = variables["params"]
     x = jax.random.uniform(jax.random.key(5), (1, 5, 8, 8, 3))
     gt = jax.random.uniform(jax.random.key(6), (1, 32, 32, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-    loss = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, x) - gt) ** 2 + 1e-6))  # noqa: E731
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, x) - gt) ** 2 + 1e-6))))
 
     def zero_grads(p):
-        flat = traverse_util.flatten_dict(jax.jit(jax.grad(loss))(p), sep="/")
+        flat = traverse_util.flatten_dict(grad(p), sep="/")
         assert all(np.isfinite(np.asarray(g)).all() for g in flat.values())
         return sorted(k for k, g in flat.items() if not np.any(np.asarray(g)))
 
     # At BasicSR's init conv_offset is zero, so the convs that only feed it get no gradient yet
     # (exactly as in PyTorch); conv_offset itself does.
-    assert zero_grads(params) and all("offset_conv" in k for k in zero_grads(params))
+    at_init = zero_grads(params)
+    assert at_init and all("offset_conv" in k for k in at_init)
     flat = traverse_util.flatten_dict(params, sep="/")
     key = jax.random.key(1)
     for k in flat:
@@ -150,11 +157,10 @@ def test_gradients_reach_every_parameter():
     assert zero_grads(traverse_util.unflatten_dict(flat, sep="/")) == []
 
 
-def test_bfloat16_compute_close_to_float32():
-    model = EDVR(**TINY)
+def test_bfloat16_compute_close_to_float32(tiny):
+    _, variables, apply = tiny
     x = jax.random.uniform(jax.random.key(7), (1, 5, 8, 8, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
-    ref = jax.jit(model.apply)(variables, x)
+    ref = apply(variables, x)
     out = jax.jit(EDVR(**TINY, dtype=jnp.bfloat16).apply)(variables, x)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-2)
@@ -199,31 +205,32 @@ TWO_STAGE = TwoStageEDVR(stage1=dict(TINY), stage2=dict(TINY, num_frame=3, hr_in
 def test_two_stage_equals_composition():
     x = jax.random.uniform(jax.random.key(9), (1, 7, 4, 8, 3))
     variables = jax.jit(TWO_STAGE.init)(jax.random.key(0), x)
-    out = jax.jit(TWO_STAGE.apply)(variables, x)
+    two_stage = jax.jit(TWO_STAGE.apply)
+    out = two_stage(variables, x)
     assert out.shape == (1, 16, 32, 3)
     s1, s2 = TWO_STAGE.stages()
     p = variables["params"]
-    stage1 = jnp.stack([jax.jit(s1.apply)({"params": p["stage1"]}, x[:, j:j + 5]) for j in range(3)], axis=1)
+    apply1 = jax.jit(s1.apply)
+    stage1 = jnp.stack([apply1({"params": p["stage1"]}, x[:, j:j + 5]) for j in range(3)], axis=1)
     ref = jax.jit(s2.apply)({"params": p["stage2"]}, jnp.clip(stage1, 0, 1))
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
     clip = np.asarray(jax.random.uniform(jax.random.key(10), (9, 4, 8, 3)))
     restored = restore_clip_two_stage(TWO_STAGE, variables, clip, padding="replicate", batch_size=2)
     assert restored.shape == (9, 16, 32, 3)
-    np.testing.assert_allclose(restored[4], np.asarray(jax.jit(TWO_STAGE.apply)(variables, clip[None, 1:8]))[0],
+    np.testing.assert_allclose(restored[4], np.asarray(two_stage(variables, clip[None, 1:8]))[0],
                                rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"\[B, 7, H, W, C\]"):
-        TWO_STAGE.init(jax.random.key(0), x[:, :5])
+        jax.eval_shape(TWO_STAGE.init, jax.random.key(0), x[:, :5])
 
 
-def test_restore_clip_uses_padded_windows():
-    model = EDVR(**TINY)
+def test_restore_clip_uses_padded_windows(tiny):
+    model, variables, apply = tiny
     clip = np.asarray(jax.random.uniform(jax.random.key(11), (6, 8, 8, 3)))
-    variables = jax.jit(model.init)(jax.random.key(0), clip[None, :5])
     out = restore_clip(model, variables, clip, padding="reflection_circle", batch_size=4)  # batches of 4 + 2
     assert out.shape == (6, 32, 32, 3)
     windows = [[4, 3, 0, 1, 2], [4, 0, 1, 2, 3], [0, 1, 2, 3, 4], [1, 2, 3, 4, 5], [2, 3, 4, 5, 1],
                [3, 4, 5, 2, 1]]  # BasicSR's generate_frame_indices(i, 6, 5, 'reflection_circle'), by hand
     for i, window in enumerate(windows):
-        ref = jax.jit(model.apply)(variables, clip[None, window])
+        ref = apply(variables, clip[None, window])
         np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-5, atol=1e-5)
