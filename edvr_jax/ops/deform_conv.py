@@ -13,11 +13,12 @@ Semantics are those of ``torchvision.ops.deform_conv2d`` (which BasicSR's
   zero when ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W``; otherwise it is
   bilinear with each corner that falls outside the image counted as zero.
 
-How it is computed: the zero-padded input is laid out once as a table whose
-row ``(g, y, x)`` holds the four bilinear corners ``(y, x), (y, x+1), (y+1, x),
-(y+1, x+1)`` of group ``g`` side by side (``4 * C / G`` values). One row gather
-per (pixel, group, tap) then fetches every corner; the corners are weighted,
-summed, and the result contracted with the kernel in one matmul. Sample
+How it is computed: the zero-padded input is laid out once as a group-major
+table with one row of ``C / G`` channels per (batch, group, pixel). Four row
+gathers per (pixel, group, tap) fetch the bilinear corners; they are weighted
+and summed elementwise (one fused loop, the only large intermediate being the
+``[B, Ho, Wo, G, K, C/G]`` columns) and contracted with the kernel in one matmul.
+Out-of-image corners land in the zero border of the table. Sample
 coordinates and bilinear weights are computed in (at least) float32 whatever
 the input dtype, since bf16 cannot even represent pixel positions above 256.
 """
@@ -39,6 +40,103 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 def _output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def _corner_terms(h: int, w: int, py: jax.Array, px: jax.Array, m: jax.Array):
+    """Top-left table rows and bilinear terms of each sample; all [B, Ho, Wo, G, K].
+
+    Returns ``(top_left, ly, lx, mi)`` with ``mi`` the mask zeroed outside the image.
+    Row ``top_left`` of the ``(H + 2) x (W + 2)`` padded image of each (batch,
+    group) is the sample's top-left corner; the other corners are at ``+1``,
+    ``+(W + 2)`` and ``+(W + 3)``.
+    """
+    b, _, _, groups, _ = py.shape
+    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
+    y0f, x0f = jnp.floor(py), jnp.floor(px)
+    # Inside the image y0 is in [-1, H-1]; clipping only moves samples that are
+    # zeroed anyway onto valid rows.
+    y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32)
+    x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
+    plane = jnp.arange(b)[:, None, None, None, None] * groups + jnp.arange(groups)[None, None, None, :, None]
+    top_left = (y0 + 1) * (w + 2) + (x0 + 1) + plane * ((h + 2) * (w + 2))
+    return top_left, py - y0f, px - x0f, m * inside
+
+
+def _padded_table(x: jax.Array, groups: int) -> jax.Array:
+    """``[B, H, W, C]`` -> ``[B * G * (H + 2) * (W + 2), C / G]``: zero-padded, group-major rows."""
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jnp.transpose(xp.reshape(b, h + 2, w + 2, groups, c // groups), (0, 3, 1, 2, 4)).reshape(-1, c // groups)
+
+
+@jax.custom_vjp
+def bilinear_columns(x: jax.Array, py: jax.Array, px: jax.Array, m: jax.Array) -> jax.Array:
+    """Masked bilinear samples of ``x`` (``[B, H, W, C]``) at ``(py, px)``, per deformable group.
+
+    ``py, px, m``: ``[B, Ho, Wo, G, K]`` sample rows, columns and mask (float32+).
+    Returns ``[B, Ho, Wo, G, K, C / G]`` in ``x.dtype``: ``m * x_g(py, px)`` with
+    torchvision's border rules. The backward pass is written out: one packed
+    scatter-add for ``x``, closed forms for ``py``, ``px`` and ``m``.
+    """
+    b, h, w, c = x.shape
+    groups = py.shape[3]
+    cg = c // groups
+    table = _padded_table(x, groups)
+    top_left, ly, lx, mi = _corner_terms(h, w, py, px, m)
+    hy, hx = 1.0 - ly, 1.0 - lx
+    wp = w + 2
+
+    def corner(shift: int, weight: jax.Array) -> jax.Array:
+        values = table.at[(top_left + shift).reshape(-1)].get(mode="promise_in_bounds")
+        return weight.astype(x.dtype)[..., None] * values.reshape(*py.shape, cg)
+
+    # Four row gathers, weighted and summed elementwise: XLA fuses them into one
+    # loop that writes only the columns.
+    return (corner(0, hy * hx * mi) + corner(1, hy * lx * mi)
+            + corner(wp, ly * hx * mi) + corner(wp + 1, ly * lx * mi))
+
+
+def _bilinear_columns_fwd(x, py, px, m):
+    return bilinear_columns(x, py, px, m), (x, py, px, m)
+
+
+def _bilinear_columns_bwd(res, g_cols):
+    x, py, px, m = res
+    b, h, w, c = x.shape
+    groups = py.shape[3]
+    cg = c // groups
+    wp = w + 2
+    top_left, ly, lx, mi = _corner_terms(h, w, py, px, m)
+    hy, hx = 1.0 - ly, 1.0 - lx
+    g_cols = g_cols.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+    # d/d(corner weight q) = <g_cols, corner value q> over the group's channels.
+    table = _padded_table(x, groups)
+    packed = jnp.stack([table.at[(top_left + s).reshape(-1)].get(mode="promise_in_bounds")
+                        for s in (0, 1, wp, wp + 1)], axis=1).reshape(*py.shape, 4, cg)
+    g_w = jnp.einsum("...qc,...c->...q", packed.astype(g_cols.dtype), g_cols)
+    g00, g01, g10, g11 = (g_w[..., q] for q in range(4))
+    g_py = (mi * (hx * (g10 - g00) + lx * (g11 - g01))).astype(py.dtype)
+    g_px = (mi * (hy * (g01 - g00) + ly * (g11 - g10))).astype(px.dtype)
+    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
+    g_m = (inside * (hy * hx * g00 + hy * lx * g01 + ly * hx * g10 + ly * lx * g11)).astype(m.dtype)
+
+    # d/dx: one scatter-add of 4 * Cg-wide rows indexed by the top-left corner
+    # (a table over top-left positions), then the four shifted corner planes summed.
+    weights = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1) * mi[..., None]
+    contrib = (weights[..., None] * g_cols[..., None, :]).reshape(-1, 4 * cg)
+    g_packed = jnp.zeros((b * groups * (h + 2) * wp, 4 * cg), g_cols.dtype).at[top_left.reshape(-1)].add(contrib)
+    g_packed = g_packed.reshape(b, groups, h + 2, wp, 4, cg)
+    # Corner q of top-left (ty, tx) is padded pixel (ty + dy, tx + dx); top-left rows
+    # never exceed H (resp. W), so shifting by one stays inside the padded grid.
+    shift = lambda a, dy, dx: jnp.pad(a[:, :, :h + 2 - dy, :wp - dx], ((0, 0), (0, 0), (dy, 0), (dx, 0), (0, 0)))  # noqa: E731
+    g_xp = (g_packed[..., 0, :] + shift(g_packed[..., 1, :], 0, 1)
+            + shift(g_packed[..., 2, :], 1, 0) + shift(g_packed[..., 3, :], 1, 1))
+    g_x = jnp.transpose(g_xp[:, :, 1:-1, 1:-1], (0, 2, 3, 1, 4)).reshape(b, h, w, c).astype(x.dtype)
+    return g_x, g_py, g_px, g_m
+
+
+bilinear_columns.defvjp(_bilinear_columns_fwd, _bilinear_columns_bwd)
 
 
 def modulated_deform_conv(
@@ -107,40 +205,12 @@ def modulated_deform_conv(
     base_x = (jnp.arange(wo) * sw - pw)[:, None] + tap_j * dw  # [Wo, K]
     py = base_y[None, :, None, None, :] + off[..., 0]
     px = base_x[None, None, :, None, :] + off[..., 1]
-
-    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
-    y0f = jnp.floor(py)
-    x0f = jnp.floor(px)
-    ly = py - y0f
-    lx = px - x0f
-    # Inside the image y0 is in [-1, H-1]; clipping only moves samples that are
-    # zeroed anyway onto a valid row of the table.
-    y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32)
-    x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
-    m = mask.astype(coord_t).reshape(b, ho, wo, groups, k) * inside
-    hy, hx = 1.0 - ly, 1.0 - lx
-    corner_w = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1) * m[..., None]  # [B,Ho,Wo,G,K,4]
-
-    # Corner table over the zero-padded input: row (b, g, y+1, x+1) holds the
-    # 2x2 neighbourhood whose top-left is (y, x), for y in [-1, H-1].
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    corners = jnp.stack(
-        [xp[:, :-1, :-1], xp[:, :-1, 1:], xp[:, 1:, :-1], xp[:, 1:, 1:]], axis=3)  # [B, H+1, W+1, 4, C]
-    corners = corners.reshape(b, h + 1, w + 1, 4, groups, cg)
-    table = jnp.transpose(corners, (0, 4, 1, 2, 3, 5)).reshape(b * groups * (h + 1) * (w + 1), 4 * cg)
-
-    rows_per_group = (h + 1) * (w + 1)
-    row = (y0 + 1) * (w + 1) + (x0 + 1)  # [B, Ho, Wo, G, K]
-    row = row + (jnp.arange(b)[:, None, None, None, None] * groups
-                 + jnp.arange(groups)[None, None, None, :, None]) * rows_per_group
-    sampled = jnp.take(table, row.reshape(-1), axis=0, mode="clip")  # [(B Ho Wo G K), 4*Cg]
-    sampled = sampled.reshape(b, ho, wo, groups, k, 4, cg)
-
-    cols = jnp.einsum("bhwgkq,bhwgkqc->bhwgkc", corner_w.astype(x.dtype), sampled,
-                      preferred_element_type=acc_t).astype(x.dtype)
-    # kernel [kh, kw, C, O] -> [K, G, Cg, O] to match cols' (g, k, c) layout.
-    wmat = kernel.astype(x.dtype).reshape(k, groups, cg, out_ch)
-    out = jnp.einsum("bhwgkc,kgco->bhwo", cols, wmat, preferred_element_type=acc_t)
+    m = mask.astype(coord_t).reshape(b, ho, wo, groups, k)
+    cols = bilinear_columns(x, py, px, m)
+    # One matmul over (g, k, c); the kernel is reordered to match, not the columns.
+    wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
+    out = jnp.dot(cols.reshape(b * ho * wo, groups * k * cg), wmat.reshape(groups * k * cg, out_ch),
+                  preferred_element_type=acc_t).reshape(b, ho, wo, out_ch)
     if bias is not None:
         out = out + bias.astype(acc_t)
     return out.astype(x.dtype)
