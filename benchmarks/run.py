@@ -1,0 +1,238 @@
+"""edvr-jax benchmarks: the DCN op, inference, a training step, and PyTorch side by side.
+
+    python benchmarks/run.py all                    # dcn + inference + train (+ torch if installed)
+    python benchmarks/run.py dcn|inference|train|torch [--quick]
+    python benchmarks/run.py torch --basicsr-src /tmp/bsr/basicsr-1.4.2
+
+Each benchmark prints a table and appends one JSON record per row (machine,
+versions, date, figures) to benchmarks/results.jsonl. Times are the minimum over
+repeats after a warm-up (compilation excluded); ratios are taken within one run.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edvr_jax import edvr_from_preset, modulated_deform_conv  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results.jsonl"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import flax
+    return dict(cpu=cpu, cores=os.cpu_count(), backend=jax.default_backend(), device=str(jax.devices()[0]),
+                python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def record(bench: str, row: dict) -> None:
+    with RESULTS.open("a") as f:
+        f.write(json.dumps({"bench": bench, **row, "machine": machine()}) + "\n")
+
+
+def timeit(fn, *args, repeats: int = 5) -> float:
+    """Minimum wall time (s) of ``fn(*args)`` over ``repeats`` runs after one warm-up."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def conv3x3(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_gflops(b: int, h: int, w: int, c: int, repeats: int) -> float:
+    """Measured throughput of a 3x3 c -> c conv, the machine's reference figure."""
+    x = jnp.ones((b, h, w, c))
+    k = jnp.ones((3, 3, c, c)) * 0.01
+    t = timeit(jax.jit(conv3x3), x, k, repeats=repeats)
+    return 2 * b * h * w * 9 * c * c / t / 1e9
+
+
+# ------------------------------------------------------------------------------------------ DCN op
+
+
+def bench_dcn(quick: bool) -> None:
+    shapes = [(1, 180, 320, 64), (8, 64, 64, 64)] if quick else \
+        [(1, 180, 320, 64), (1, 180, 320, 128), (8, 64, 64, 64), (8, 64, 64, 128)]
+    dtypes = [jnp.float32] if quick else [jnp.float32, jnp.bfloat16]
+    repeats = 3 if quick else 5
+    print(f"{'shape (B,H,W,C), 8 groups':28} {'dtype':9} {'conv ms':>9} {'dcn ms':>9} {'ratio':>6} "
+          f"{'conv f+b':>9} {'dcn f+b':>9} {'ratio':>6}")
+    for b, h, w, c in shapes:
+        for dt in dtypes:
+            keys = jax.random.split(jax.random.key(0), 4)
+            x = jax.random.normal(keys[0], (b, h, w, c), dt)
+            off = 2.0 * jax.random.normal(keys[1], (b, h, w, 8 * 18))  # float32 offsets, a few pixels
+            mask = jax.nn.sigmoid(jax.random.normal(keys[2], (b, h, w, 8 * 9))).astype(dt)
+            kern = (0.05 * jax.random.normal(keys[3], (3, 3, c, c))).astype(dt)
+            bias = jnp.zeros((c,), dt)
+            conv = jax.jit(conv3x3)
+            dcn = jax.jit(modulated_deform_conv)
+            conv_g = jax.jit(jax.grad(lambda x, k: conv3x3(x, k).astype(jnp.float32).sum(), argnums=(0, 1)))
+            dcn_g = jax.jit(jax.grad(lambda *a: modulated_deform_conv(*a).astype(jnp.float32).sum(),
+                                     argnums=(0, 1, 2, 3, 4)))
+            tc, td = timeit(conv, x, kern, repeats=repeats), timeit(dcn, x, off, mask, kern, bias, repeats=repeats)
+            tcg = timeit(conv_g, x, kern, repeats=max(2, repeats - 2))
+            tdg = timeit(dcn_g, x, off, mask, kern, bias, repeats=max(2, repeats - 2))
+            row = dict(shape=[b, h, w, c], groups=8, dtype=jnp.dtype(dt).name, conv_ms=tc * 1e3, dcn_ms=td * 1e3,
+                       fwd_ratio=td / tc, conv_fwd_bwd_ms=tcg * 1e3, dcn_fwd_bwd_ms=tdg * 1e3, fwd_bwd_ratio=tdg / tcg)
+            print(f"{str((b, h, w, c)):28} {row['dtype']:9} {tc * 1e3:9.1f} {td * 1e3:9.1f} {td / tc:6.1f} "
+                  f"{tcg * 1e3:9.1f} {tdg * 1e3:9.1f} {tdg / tcg:6.1f}")
+            record("dcn", row)
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+
+def memory_bytes(compiled) -> int:
+    """Peak device memory XLA plans for one call: arguments + outputs + temporaries."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def bench_inference(quick: bool) -> dict:
+    presets = ["edvr_m"] if quick else ["edvr_m", "edvr_l"]
+    ref = conv_gflops(1, 180, 320, 64, repeats=3)
+    print(f"measured 3x3 64->64 conv at 180x320: {ref:.0f} GFLOP/s")
+    print(f"{'model':8} {'s/frame':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'of conv':>8} {'peak MiB':>9}")
+    out = {}
+    for name in presets:
+        model = edvr_from_preset(name, offset_warning=False)
+        x = jax.random.uniform(jax.random.key(1), (1, 5, 180, 320, 3))
+        variables = jax.jit(model.init)(jax.random.key(0), x)
+        compiled = jax.jit(model.apply).lower(variables, x).compile()
+        flops = float(compiled.cost_analysis()["flops"])
+        t = timeit(compiled, variables, x, repeats=2 if quick else 3)
+        row = dict(model=name, input=[1, 5, 180, 320, 3], seconds_per_frame=t, gflop=flops / 1e9,
+                   gflops_per_s=flops / t / 1e9, fraction_of_conv=flops / t / 1e9 / ref, conv_gflops=ref,
+                   peak_bytes=memory_bytes(compiled))
+        print(f"{name:8} {t:8.2f} {flops / 1e9:8.0f} {flops / t / 1e9:8.1f} {row['fraction_of_conv']:8.0%} "
+              f"{row['peak_bytes'] / 2**20:9.0f}")
+        record("inference", row)
+        out[name] = row
+    return out
+
+
+# ------------------------------------------------------------------------------------------ training step
+
+
+def bench_train(quick: bool) -> None:
+    import optax
+
+    model = edvr_from_preset("edvr_m", offset_warning=False)
+    tx = optax.adam(4e-4, b1=0.9, b2=0.99)
+
+    def loss_fn(params, lq, gt):
+        out = model.apply({"params": params}, lq)
+        return jnp.sum(jnp.sqrt((out - gt) ** 2 + 1e-12))  # BasicSR's Charbonnier, reduction 'sum'
+
+    def step(params, opt_state, lq, gt):
+        loss, grads = jax.value_and_grad(loss_fn)(params, lq, gt)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 5, 64, 64, 3)))["params"]
+    print(f"{'EDVR-M batch (LR 64x64)':24} {'steps/s':>8} {'clips/s':>8} {'peak MiB':>9}")
+    peaks = {}
+    for batch in ([1, 2] if quick else [1, 2, 4]):
+        lq = jax.random.uniform(jax.random.key(1), (batch, 5, 64, 64, 3))
+        gt = jax.random.uniform(jax.random.key(2), (batch, 256, 256, 3))
+        opt_state = tx.init(params)
+        compiled = jax.jit(step).lower(params, opt_state, lq, gt).compile()
+        t = timeit(compiled, params, opt_state, lq, gt, repeats=2 if quick else 3)
+        peaks[batch] = memory_bytes(compiled)
+        row = dict(model="edvr_m", batch=batch, lr_patch=64, steps_per_s=1 / t, clips_per_s=batch / t,
+                   peak_bytes=peaks[batch])
+        print(f"{batch:24d} {1 / t:8.2f} {batch / t:8.2f} {peaks[batch] / 2**20:9.0f}")
+        record("train_step", row)
+    b = sorted(peaks)
+    per_sample = np.polyfit(b, [peaks[i] for i in b], 1)[0]
+    print(f"memory per additional sample: {per_sample / 2**20:.0f} MiB")
+    record("train_step_memory", dict(model="edvr_m", lr_patch=64, bytes_per_sample=float(per_sample),
+                                     peak_bytes=peaks))
+
+
+# ------------------------------------------------------------------------------------------ PyTorch
+
+
+def bench_torch(basicsr_src: str | None, ours: dict | None) -> None:
+    try:
+        import torch
+        import torchvision
+        torchvision.ops.deform_conv2d  # noqa: B018
+        torch.ops.torchvision.deform_conv2d  # noqa: B018  raises when the compiled ops do not load
+    except Exception as e:  # noqa: BLE001
+        print(f"torch side-by-side skipped: PyTorch with torchvision's compiled ops is not importable ({e})")
+        return
+    if not basicsr_src:
+        print("torch side-by-side skipped: pass --basicsr-src (BasicSR 1.4.2 source, see tools/make_basicsr_goldens.py)")
+        return
+    sys.path.insert(0, str(ROOT / "tools"))
+    from make_basicsr_goldens import load_basicsr_edvr
+    edvr_arch = load_basicsr_edvr(Path(basicsr_src))
+    torch.set_num_threads(os.cpu_count())
+    ours = ours or bench_inference(quick=True)
+    t_model = edvr_arch.EDVR(num_feat=64, num_reconstruct_block=10).eval()
+    x = torch.rand(1, 5, 3, 180, 320)
+    with torch.no_grad():
+        t_model(x)
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            t_model(x)
+            best = min(best, time.perf_counter() - start)
+    row = dict(model="edvr_m", torch=torch.__version__, torchvision=torchvision.__version__,
+               torch_threads=torch.get_num_threads(), torch_seconds_per_frame=best,
+               jax_seconds_per_frame=ours["edvr_m"]["seconds_per_frame"],
+               speedup=best / ours["edvr_m"]["seconds_per_frame"])
+    print(f"EDVR-M 5x180x320 -> 720x1280: PyTorch {best:.2f} s/frame, edvr-jax "
+          f"{row['jax_seconds_per_frame']:.2f} s/frame: {row['speedup']:.2f}x")
+    record("torch_inference", row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("which", choices=["dcn", "inference", "train", "torch", "all"])
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    parser.add_argument("--basicsr-src", help="BasicSR 1.4.2 source tree, for the PyTorch comparison")
+    args = parser.parse_args()
+    print(json.dumps(machine()))
+    ours = None
+    if args.which in ("dcn", "all"):
+        bench_dcn(args.quick)
+    if args.which in ("inference", "all"):
+        ours = bench_inference(args.quick)
+    if args.which in ("train", "all"):
+        bench_train(args.quick)
+    if args.which in ("torch", "all"):
+        bench_torch(args.basicsr_src, ours)
+    print(f"appended to {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
