@@ -17,3 +17,11 @@ def goldens():
     """Outputs of BasicSR 1.4.2 / torchvision (tools/make_basicsr_goldens.py)."""
     with np.load(GOLDENS) as f:
         return {k: f[k] for k in f.files}
+
+
+@pytest.fixture(scope="session")
+def demo_builder(tmp_path_factory):
+    """The demo dataset (sr_x4), built once per test session (~15 s)."""
+    from edvr_jax.data import load_builder
+
+    return load_builder("demo", data_dir=str(tmp_path_factory.mktemp("tfds")))
