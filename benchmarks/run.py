@@ -1,7 +1,7 @@
 """edvr-jax benchmarks: the DCN op, inference, a training step, and PyTorch side by side.
 
-    python benchmarks/run.py all                    # dcn + inference + train (+ torch if installed)
-    python benchmarks/run.py dcn|inference|train|torch [--quick]
+    python benchmarks/run.py all                    # dcn + inference + train + pipeline (+ torch if installed)
+    python benchmarks/run.py dcn|inference|train|pipeline|torch [--quick]
     python benchmarks/run.py torch --basicsr-src /tmp/bsr/basicsr-1.4.2
 
 Each benchmark prints a table and appends one JSON record per row (machine,
@@ -177,6 +177,63 @@ def bench_train(quick: bool) -> None:
                                      peak_bytes=peaks))
 
 
+# ------------------------------------------------------------------------------------------ input pipeline
+
+
+def _fake_reds(root: Path, clips: int, frames: int) -> None:
+    """A REDS-shaped folder (720x1280 GT, 180x320 bicubic LQ) from scikit-image's photos."""
+    from PIL import Image
+
+    from edvr_jax.data.bicubic import downsample_uint8
+    from edvr_jax.data.demo import TRAIN_PHOTOS, photo
+
+    for c in ["000", "011", "015", "020"] + [f"{i:03d}" for i in range(1, clips + 1)]:
+        base = Image.fromarray(photo(TRAIN_PHOTOS[int(c) % len(TRAIN_PHOTOS)]).astype(np.uint8)).resize((1320, 736))
+        for f in range(frames):
+            gt = np.asarray(base)[f:f + 720, 2 * f:2 * f + 1280]
+            for part, img in (("train_sharp", gt), ("train_sharp_bicubic/X4", downsample_uint8(gt))):
+                (root / part / c).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / part / c / f"{f:08d}.png")
+    for part in ("val_sharp/000", "val_sharp_bicubic/X4/000"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+        for f in range(frames):
+            src = root / part.replace("val", "train").replace("/000", "/001") / f"{f:08d}.png"
+            (root / part / src.name).write_bytes(src.read_bytes())
+
+
+def bench_pipeline(quick: bool) -> None:
+    import tempfile
+
+    import tensorflow_datasets as tfds
+
+    from edvr_jax.data import ClipReader, EdvrReds, WindowSpec, load_builder, train_loader
+
+    tmp = Path(tempfile.mkdtemp(prefix="edvr_pipeline_"))
+    start = time.perf_counter()
+    demo = load_builder("demo", data_dir=str(tmp / "tfds"))
+    print(f"demo dataset built in {time.perf_counter() - start:.1f} s")
+    _fake_reds(tmp / "reds", clips=2, frames=8 if quick else 12)
+    reds = EdvrReds(config="sr_x4", data_dir=str(tmp / "tfds"))
+    reds.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "reds")))
+    cases = [("demo", ClipReader(demo, "train"), WindowSpec(num_frame=5, gt_size=64)),
+             ("reds-size 720p", ClipReader(reds, "train"), WindowSpec(num_frame=5, gt_size=256))]
+    print(f"{'dataset':16} {'workers':>7} {'batch':>5} {'clips/s':>8}")
+    for name, reader, spec in cases:
+        for workers in (0, 2):
+            batch = 8
+            it = iter(train_loader(reader, spec, batch, seed=0, worker_count=workers))
+            next(it)  # start-up (worker processes) excluded
+            n = 3 if quick else 10
+            t0 = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            rate = n * batch / (time.perf_counter() - t0)
+            del it
+            print(f"{name:16} {workers:7d} {batch:5d} {rate:8.1f}")
+            record("pipeline", dict(dataset=name, workers=workers, batch=batch, num_frame=spec.num_frame,
+                                    gt_size=spec.gt_size, clips_per_s=rate))
+
+
 # ------------------------------------------------------------------------------------------ PyTorch
 
 
@@ -217,7 +274,7 @@ def bench_torch(basicsr_src: str | None, ours: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["dcn", "inference", "train", "torch", "all"])
+    parser.add_argument("which", choices=["dcn", "inference", "train", "pipeline", "torch", "all"])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--basicsr-src", help="BasicSR 1.4.2 source tree, for the PyTorch comparison")
     args = parser.parse_args()
@@ -229,6 +286,8 @@ def main() -> None:
         ours = bench_inference(args.quick)
     if args.which in ("train", "all"):
         bench_train(args.quick)
+    if args.which in ("pipeline", "all"):
+        bench_pipeline(args.quick)
     if args.which in ("torch", "all"):
         bench_torch(args.basicsr_src, ours)
     print(f"appended to {RESULTS.relative_to(ROOT)}")
