@@ -11,6 +11,7 @@ step and exits; SIGKILL loses at most the steps since the last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -63,6 +64,7 @@ def main(argv):
     _setup_logging()
     cfg = _CONFIG.value
     if _NUM_PROCESSES.value:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     workdir = Path(_WORKDIR.value or ROOT / "runs" / Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem)
     train(cfg, workdir, progress=_PROGRESS.value)
@@ -249,6 +251,10 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
                     if value > 50:
                         log.warning("step %d: DCN offset mean %.1f > 50 in %s (offset blow-up?)", step,
                                         value, layer)
+                if lead:
+                    with (workdir / "metrics.jsonl").open("a") as f:
+                        row = {k: float(m[k]) for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "train_psnr")}
+                        f.write(json.dumps({"step": step, **row, "steps_per_s": rate}) + "\n")
                 if writer is not None:
                     with writer.as_default(step=step):
                         for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "train_psnr"):
@@ -265,6 +271,9 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
                 summary = validate(step)
                 metrics_for_ckpt = {"val_psnr": summary["psnr"]} if summary else None
+                if lead and summary:
+                    with (workdir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps({"step": step, **{f"val_{k}": v for k, v in summary.items()}}) + "\n")
             preempted = _stop_requested(stop, mngr, step)
             checkpointing.save(mngr, step, state, batches, metrics_for_ckpt,
                                force=preempted or step == cfg.total_steps or metrics_for_ckpt is not None)

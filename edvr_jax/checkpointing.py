@@ -103,7 +103,13 @@ def read_params(path: str | Path) -> dict[str, Any]:
         if step is None:
             raise FileNotFoundError(f"{path}: no checkpoint (expected a train.py workdir, an edvr_jax.convert "
                                     f"directory, or a .pth/.safetensors file)")
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        item = Path(mngr.directory) / str(step) / "state"
+    # Onto this host's first device, whatever mesh the run was saved from.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(item).item_metadata.tree
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+        state = ckptr.restore(item, target)
     return jax.tree.map(np.asarray, state["params"])
 
 
