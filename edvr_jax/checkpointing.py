@@ -86,10 +86,11 @@ def restore_latest(mngr: ocp.CheckpointManager, state, iterator):
     return restored["state"]
 
 
-def read_params(path: str | Path) -> dict[str, Any]:
+def read_params(path: str | Path, ema: bool = False) -> dict[str, Any]:
     """Parameters (nested dict of numpy arrays, Flax layout) from a train.py workdir, a
     ``edvr_jax.convert`` directory, or a BasicSR ``.pth`` / ``.safetensors`` file (the latter
-    returned as a flat ``{basicsr key: array}`` dict under the key ``'basicsr'``)."""
+    returned as a flat ``{basicsr key: array}`` dict under the key ``'basicsr'``). ``ema``: a
+    run's EMA parameters where it kept them."""
     path = Path(path)
     if path.is_file():
         return {"basicsr": convert.read_state_dict(path)}
@@ -110,7 +111,7 @@ def read_params(path: str | Path) -> dict[str, Any]:
         meta = ckptr.metadata(item).item_metadata.tree
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
         state = ckptr.restore(item, target)
-    return jax.tree.map(np.asarray, state["params"])
+    return jax.tree.map(np.asarray, state["ema_params" if ema and "ema_params" in state else "params"])
 
 
 def load_params_non_strict(path: str | Path, target: Mapping[str, Any], strict: bool = False):
