@@ -201,22 +201,22 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
         shown = []
 
         def keep(clip, f, out):
-            if len(shown) < cfg.num_val_images and f == 0:
-                shown.append((clip, out))
+            if len(shown) < cfg.num_val_images and f == len(clip.gt) // 2:
+                panel = np.concatenate([evaluation.baseline(clip.lq[f], reader.scale), out, clip.gt[f]], axis=1)
+                shown.append((clip.name, panel))
 
-        clips = list(data.eval_clips(val_reader, dc.val_clips))
-        results = evaluation.evaluate(apply_fn, clips, model.num_frame, dc.val_padding, reader.scale,
-                                      cfg.val_batch_size, dc.val_crop_border, on_frame=keep)
+        def restore(clip):
+            return evaluation.restore_frames(apply_fn, clip, model.num_frame, dc.val_padding, cfg.val_batch_size)
+
+        results = evaluation.evaluate(restore, data.eval_clips(val_reader, dc.val_clips), reader.scale,
+                                      dc.val_crop_border, on_frame=keep)
         summary = evaluation.summarize(results)
         if writer is not None:
             with writer.as_default(step=step):
                 for k, v in summary.items():
                     tf.summary.scalar(f"val/{k}", v)
-                by_name = {c.name: c for c in clips}
-                for clip, out in shown:
-                    c = by_name[clip]
-                    panel = np.concatenate([evaluation.baseline(c.lq[0], reader.scale), out, c.gt[0]], axis=1)
-                    tf.summary.image(f"val/{clip} (input | output | GT)", panel[None], step=step)
+                for name, panel in shown:
+                    tf.summary.image(f"val/{name} (input | output | GT)", panel[None], step=step)
         log.info("step %d validation: PSNR %.2f dB (baseline %.2f), SSIM %.4f (baseline %.4f)", step,
                      summary["psnr"], summary["base_psnr"], summary["ssim"], summary["base_ssim"])
         return summary

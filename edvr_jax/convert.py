@@ -232,6 +232,16 @@ def load_converted(path: str | os.PathLike) -> tuple[EDVR, dict[str, Any]]:
     model = EDVR(**meta["config"])
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 16, 16)))
     with ocp.StandardCheckpointer() as ckptr:
+        saved = ckptr.metadata(path / "params").item_metadata.tree
+        want = traverse_util.flatten_dict(dict(target), sep="/")
+        have = traverse_util.flatten_dict(dict(saved), sep="/")
+        problems = [f"{k}: saved {tuple(have[k].shape)}, config wants {tuple(v.shape)}"
+                    for k, v in want.items() if k in have and tuple(have[k].shape) != tuple(v.shape)]
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        if problems or missing or extra:
+            raise ConversionError(f"{path}: the parameters do not fit {cfg_file.name}'s EDVR({meta['config']}): "
+                                  + "; ".join(problems[:5] + [f"missing {m}" for m in missing[:5]]
+                                              + [f"unexpected {e}" for e in extra[:5]]))
         variables = ckptr.restore(path / "params", target)
     return model, variables
 

@@ -53,24 +53,27 @@ def restore_frames(apply_fn: Callable[[np.ndarray], np.ndarray], clip: EvalClip,
             yield start + i, to_uint8(out[i])
 
 
-def evaluate(apply_fn: Callable[[np.ndarray], np.ndarray], clips: Iterable[EvalClip], num_frame: int,
-             padding: str, scale: int, batch_size: int = 1, crop_border: int = 0,
-             on_frame: Callable[[str, int, np.ndarray], None] | None = None) -> list[ClipResult]:
-    """Metrics of every frame of every clip, model and baseline (``base_*``)."""
+def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
+             scale: int, crop_border: int = 0,
+             on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None) -> list[ClipResult]:
+    """Metrics of every frame of every clip, model and baseline (``base_*``). ``restore(clip)``
+    yields ``(frame index, uint8 [H, W, 3] output)`` for every frame of the clip."""
     results = []
     for clip in clips:
-        frames = []
-        for f, out in restore_frames(apply_fn, clip, num_frame, padding, batch_size):
+        frames = {}
+        for f, out in restore(clip):
             gt = clip.gt[f]
             if out.shape != gt.shape:
                 raise ValueError(f"clip {clip.name} frame {f}: output {out.shape} but GT {gt.shape}")
             row = frame_metrics(out, gt, crop_border)
             base = frame_metrics(baseline(clip.lq[f], scale), gt, crop_border)
             row.update({f"base_{k}": v for k, v in base.items()})
-            frames.append(row)
+            frames[f] = row
             if on_frame is not None:
-                on_frame(clip.name, f, out)
-        results.append(ClipResult(clip.name, frames))
+                on_frame(clip, f, out)
+        if len(frames) != len(clip.gt):
+            raise ValueError(f"clip {clip.name}: {len(frames)} frames restored, {len(clip.gt)} expected")
+        results.append(ClipResult(clip.name, [frames[f] for f in sorted(frames)]))
     return results
 
 

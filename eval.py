@@ -1,0 +1,135 @@
+"""Evaluates an EDVR checkpoint with BasicSR's test protocol.
+
+    python eval.py --checkpoint runs/demo                          # demo test clips
+    python eval.py --checkpoint EDVR_L_x4_SR_REDS.pth --dataset reds4 --manual_dir /data/REDS
+    python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png + FOLDER/LQ/<clip>/*.png
+
+Every frame of every clip (temporal padding per task: reflection_circle for SR,
+replicate for deblurring), PSNR/SSIM on RGB and on BT.601 Y, averaged per clip then
+over clips, with the bicubic (SR) or input (deblur) baseline beside every number.
+Writes results.json and results.csv (and optionally the restored frames and an
+input | output | GT image per clip) into --out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from edvr_jax import data, evaluation  # noqa: E402
+from edvr_jax.io import InputError, read_clip  # noqa: E402
+from edvr_jax.metrics import to_uint8  # noqa: E402
+from edvr_jax.restorer import load  # noqa: E402
+from edvr_jax.temporal import PADDING_MODES  # noqa: E402
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
+_DATASET = flags.DEFINE_string("dataset", "demo", "demo | reds4 | vid4 | vimeo90k_test | a folder with GT/ and LQ/.")
+_DATA_CONFIG = flags.DEFINE_string("data_config", None, "TFDS config (REDS: sr_x4, deblur, deblurcomp, srblur); "
+                                   "default: from the model (deblur for HR input, else sr_x4).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Dataset folder, when the TFDS dataset is not built yet.")
+_PADDING = flags.DEFINE_enum("padding", None, PADDING_MODES, "Temporal padding (default: per task).")
+_CROP_BORDER = flags.DEFINE_integer("crop_border", 0, "Pixels cropped from each border before the metrics.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Windows (or tiles) per model call.")
+_TILE = flags.DEFINE_integer("tile", None, "LQ tile side for large frames; default whole frames.")
+_CLIPS = flags.DEFINE_list("clips", None, "Only these clips.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (default: eval_<dataset> beside the checkpoint).")
+_SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Write the restored frames as PNGs.")
+_SIDE_BY_SIDE = flags.DEFINE_bool("side_by_side", True, "Write input | output | GT of each clip's middle frame.")
+
+SPLITS = {"demo": ("demo", "test"), "reds4": ("reds", "reds4"), "vid4": ("vid4", "test"),
+          "vimeo90k_test": ("vimeo90k", "test")}
+
+
+def folder_clips(root: Path, clips: list[str] | None):
+    """EvalClips from ``root/GT/<clip>/`` and ``root/LQ/<clip>/`` (or ``BIx4``) frame folders."""
+    lq_root = next((root / n for n in ("LQ", "BIx4", "lq") if (root / n).is_dir()), None)
+    if not (root / "GT").is_dir() or lq_root is None:
+        raise InputError(f"{root}: expected GT/<clip>/*.png and LQ/<clip>/*.png (or BIx4/)")
+    names = clips or sorted(p.name for p in (root / "GT").iterdir() if p.is_dir())
+    for name in names:
+        gt, gt_names, _ = read_clip(root / "GT" / name)
+        lq, lq_names, _ = read_clip(lq_root / name)
+        if gt_names != lq_names:
+            raise InputError(f"clip {name}: GT and LQ frame names differ ({gt_names[:3]}... vs {lq_names[:3]}...)")
+        yield data.EvalClip(name, lq, gt)
+
+
+def print_table(results: list[evaluation.ClipResult], summary: dict) -> None:
+    head = f"{'clip':>12} " + " ".join(f"{k:>8} {'(base)':>8}" for k in evaluation.METRICS)
+    print(head)
+    for r in results + [None]:
+        m, name = (r.mean(), r.name) if r is not None else (summary, "average")
+        print(f"{name:>12} " + " ".join(f"{m[k]:8.4f} {m['base_' + k]:8.4f}" if "ssim" in k
+                                        else f"{m[k]:8.2f} {m['base_' + k]:8.2f}" for k in evaluation.METRICS))
+
+
+def main(argv):
+    del argv
+    if not _CHECKPOINT.value:
+        raise app.UsageError("--checkpoint is required")
+    from tqdm import tqdm
+
+    restorer = load(_CHECKPOINT.value, padding=_PADDING.value, batch_size=_BATCH.value, tile=_TILE.value)
+    scale = restorer.scale
+    if _DATASET.value in SPLITS:
+        name, split = SPLITS[_DATASET.value]
+        config = _DATA_CONFIG.value or (None if name != "reds" and name != "demo" else
+                                        ("deblur" if scale == 1 else "sr_x4"))
+        builder = data.load_builder(name, config=config, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
+        reader = data.ClipReader(builder, split)
+        if reader.scale != scale:
+            raise app.UsageError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
+        clips = list(data.eval_clips(reader, _CLIPS.value))
+    else:
+        clips = list(folder_clips(Path(_DATASET.value), _CLIPS.value))
+    out_dir = Path(_OUT.value or Path(_CHECKPOINT.value).with_suffix("").parent / f"eval_{Path(_DATASET.value).name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    bar = tqdm(total=sum(len(c.gt) for c in clips), unit="frame", desc="evaluating")
+
+    def restore(clip):
+        for f, out in restorer.frames(clip.lq):
+            bar.update(1)
+            yield f, to_uint8(out)
+
+    def on_frame(clip, f, out):
+        if _SAVE_IMAGES.value:
+            (out_dir / clip.name).mkdir(exist_ok=True)
+            from PIL import Image
+            Image.fromarray(out).save(out_dir / clip.name / f"{f:08d}.png")
+        if _SIDE_BY_SIDE.value and f == len(clip.gt) // 2:
+            from PIL import Image
+            panel = np.concatenate([evaluation.baseline(clip.lq[f], scale), out, clip.gt[f]], axis=1)
+            Image.fromarray(panel).save(out_dir / f"{clip.name}_input_output_gt.png")
+
+    start = time.perf_counter()
+    results = evaluation.evaluate(restore, clips, scale, _CROP_BORDER.value, on_frame=on_frame)
+    bar.close()
+    summary = evaluation.summarize(results)
+    print_table(results, summary)
+    report = {"checkpoint": str(_CHECKPOINT.value), "dataset": _DATASET.value, "padding": restorer.padding,
+              "crop_border": _CROP_BORDER.value, "seconds": time.perf_counter() - start, "average": summary,
+              "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
+    (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    with (out_dir / "results.csv").open("w", newline="") as f:
+        keys = list(evaluation.METRICS) + [f"base_{k}" for k in evaluation.METRICS]
+        w = csv.writer(f)
+        w.writerow(["clip"] + keys)
+        for r in results:
+            w.writerow([r.name] + [f"{r.mean()[k]:.6f}" for k in keys])
+        w.writerow(["average"] + [f"{summary[k]:.6f}" for k in keys])
+    print(f"wrote {out_dir / 'results.json'} and results.csv")
+
+
+if __name__ == "__main__":
+    app.run(main)

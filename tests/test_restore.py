@@ -1,0 +1,234 @@
+"""Metrics, clip restoration at any size (padding, tiles), exports, eval.py / restore CLIs, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from edvr_jax import EDVR, Restorer, init_variables, load
+from edvr_jax.evaluation import baseline
+from edvr_jax.export import export_jax, export_params, export_safetensors, export_savedmodel
+from edvr_jax.io import InputError, Writer, read_clip
+from edvr_jax.metrics import psnr, rgb_to_y, ssim, to_uint8
+from edvr_jax.restorer import tile_starts
+from edvr_jax.temporal import window_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small EDVR with non-zero offset convs (so the deformable path deforms) and its params."""
+    model = EDVR(**SMALL, offset_warning=False)
+    params = init_variables(model, jax.random.key(0), 16, 16)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: np.asarray(x) + (0.05 * rng.standard_normal(x.shape)).astype(np.float32)
+        if "conv_offset" in jax.tree_util.keystr(p) else np.asarray(x), params)
+    return model, params
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    model, params = tiny
+    out = tmp_path_factory.mktemp("export")
+    export_params(model, params, out / "params")
+    return out
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def test_metrics_hand_values():
+    a, b = np.zeros((16, 16, 3)), np.ones((16, 16, 3))
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2), rel=1e-12)  # MSE 1
+    b[0, 0, 0] = 17  # MSE (1 * 767 + 17^2) / 768
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / ((767 + 289) / 768)), rel=1e-12)
+    np.testing.assert_allclose(rgb_to_y(np.array([[[0, 0, 0], [255, 255, 255]]])), [[16.0, 235.0]])
+    assert psnr(a, a) == float("inf") and ssim(b, b) == pytest.approx(1.0)
+    assert to_uint8(np.array([0.5 / 255, 1.5 / 255, 2.0])).tolist() == [0, 2, 255]  # round half to even, clip
+
+
+def test_ssim_matches_scikit_image_gaussian_ssim():
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 255, (40, 50, 3))
+    b = np.clip(a + rng.normal(0, 25, a.shape), 0, 255)
+    ref = structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False)
+    assert ssim(a, b) == pytest.approx(ref, rel=1e-9)
+    ref_y = structural_similarity(rgb_to_y(a), rgb_to_y(b), data_range=255, gaussian_weights=True, sigma=1.5,
+                                  use_sample_covariance=False)
+    assert ssim(a, b, test_y_channel=True) == pytest.approx(ref_y, rel=1e-9)
+
+
+# --- restoring clips ---------------------------------------------------------------------------
+
+def test_any_frame_size_is_padded_and_cropped_back(tiny):
+    model, params = tiny
+    clip = np.random.default_rng(1).random((6, 30, 43, 3)).astype(np.float32)
+    out = Restorer(model, params)(clip)
+    assert out.shape == (6, 120, 172, 3)
+    rows = window_table(6, 5, "reflection_circle")[0]  # frame 0: [4, 3, 0, 1, 2]
+    padded = np.pad(clip[rows], ((0, 0), (0, 2), (0, 1), (0, 0)), mode="reflect")
+    direct = np.asarray(model.apply({"params": params}, padded[None]))[0, :120, :172]
+    np.testing.assert_allclose(out[0], direct, atol=1e-6)
+    u8 = Restorer(model, params)((clip * 255).astype(np.uint8))
+    assert u8.dtype == np.uint8 and u8.shape == out.shape
+
+
+def _far_from_seams(size, tile, overlap, margin):
+    starts = tile_starts(size, min(tile, size), overlap)
+    edges = [e for s in starts for e in (s, s + min(tile, size)) if 0 < e < size]
+    pos = np.arange(size)
+    return np.all([np.abs(pos - e) >= margin for e in edges], axis=0)
+
+
+def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless(tiny):
+    model, params = tiny
+    clip = np.random.default_rng(2).random((5, 100, 150, 3)).astype(np.float32)
+    whole = Restorer(model, params)(clip)
+    one_tile = Restorer(model, params, tile=200)(clip)
+    np.testing.assert_allclose(one_tile, whole, atol=1e-6)
+    tiled = Restorer(model, params, tile=48, tile_overlap=24, batch_size=3)(clip)
+    diff = np.abs(tiled - whole).max(axis=(0, 3))
+    far = np.repeat(_far_from_seams(100, 48, 24, 16), 4)[:, None] & np.repeat(_far_from_seams(152, 48, 24, 16), 4)[None, :600]
+    assert far.sum() > 1000
+    assert diff[far].max() < 1e-5  # identical where no tile border is within the receptive field
+    assert diff.max() < 1 / 255  # and nowhere off by a grey level: no visible seam
+
+
+# --- load and exports --------------------------------------------------------------------------
+
+def test_load_params_and_safetensors_reproduce_the_model(tiny, exported, tmp_path):
+    model, params = tiny
+    clip = np.random.default_rng(4).random((5, 16, 20, 3)).astype(np.float32)
+    ref = Restorer(model, params)(clip)
+    np.testing.assert_array_equal(load(exported / "params")(clip), ref)
+    st = export_safetensors(model, params, tmp_path / "m.safetensors")
+    np.testing.assert_allclose(load(st)(clip), ref, atol=1e-6)
+
+
+def test_jax_export_runs_without_edvr_jax_on_a_new_shape(tiny, tmp_path):
+    model, params = tiny
+    artifact = export_jax(model, params, tmp_path / "m.jaxexport")
+    x = np.random.default_rng(5).random((3, 5, 12, 28, 3)).astype(np.float32)  # not the 16x16 of init
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, runpy; sys.argv = ['run', *sys.argv[1:]]; runpy.run_path(sys.argv[0] if False else "
+            f"{str(ROOT / 'tools' / 'run_exported.py')!r}, run_name='__main__'); "
+            "assert 'edvr_jax' not in sys.modules and 'flax' not in sys.modules, 'imported edvr_jax'")
+    proc = subprocess.run([sys.executable, "-c", code, str(artifact), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                          capture_output=True, text=True, cwd=tmp_path, env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = np.asarray(model.apply({"params": params}, x))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, atol=1e-6)
+
+
+def test_savedmodel_reproduces_the_model_on_a_new_shape(tiny, tmp_path):
+    import tensorflow as tf
+
+    model, params = tiny
+    export_savedmodel(model, params, tmp_path / "sm")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    x = np.random.default_rng(6).random((2, 5, 20, 12, 3)).astype(np.float32)
+    out = loaded.signatures["serving_default"](frames=tf.constant(x))["output"].numpy()
+    np.testing.assert_allclose(out, np.asarray(model.apply({"params": params}, x)), atol=1e-5)
+
+
+# --- CLIs --------------------------------------------------------------------------------------
+
+def _write_frames(folder: Path, frames: np.ndarray):
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{i:05d}.png")
+
+
+def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
+    import av
+
+    model, params = tiny
+    frames = (np.random.default_rng(7).random((6, 22, 30, 3)) * 255).astype(np.uint8)
+    _write_frames(tmp_path / "in", frames)
+    cmd = [sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "in"), str(tmp_path / "out"),
+           "--checkpoint", str(exported / "params"), "--tile", "16", "--batch-size", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, names, _ = read_clip(tmp_path / "out")
+    assert names == [f"{i:05d}" for i in range(6)] and out.shape == (6, 88, 120, 3)
+    np.testing.assert_array_equal(out, Restorer(model, params, tile=16, batch_size=2)(frames))
+    # A video in, a video out.
+    with av.open(str(tmp_path / "in.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuv420p"
+        for f in np.pad(frames, ((0, 0), (0, 2), (0, 2), (0, 0)), mode="edge"):
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    proc = subprocess.run([sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "in.mp4"), str(tmp_path / "o.mp4"),
+                           "--checkpoint", str(exported / "params")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    video, _, fps = read_clip(tmp_path / "o.mp4")
+    assert video.shape == (6, 96, 128, 3) and fps == pytest.approx(10)
+
+
+def test_eval_cli_on_the_demo_set(exported, demo_builder, tmp_path):
+    data_dir = str(Path(demo_builder.data_dir).parents[2])
+    proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={exported / 'params'}", "--dataset=demo",
+                           f"--data_dir={data_dir}", f"--out={tmp_path}", "--batch_size=5", "--clips=test00,test02"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "average" in proc.stdout
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(report["clips"]) == ["test00", "test02"] and report["padding"] == "reflection_circle"
+    # The bicubic baseline, recomputed here: mean over frames per clip, then over clips.
+    from edvr_jax.data import ClipReader, eval_clips
+    clips = list(eval_clips(ClipReader(demo_builder, "test"), ["test00", "test02"]))
+    expect = np.mean([np.mean([psnr(baseline(c.lq[f], 4), c.gt[f]) for f in range(len(c.gt))]) for c in clips])
+    assert report["average"]["base_psnr"] == pytest.approx(expect, rel=1e-9)
+    assert len(report["clips"]["test00"]["frames"]) == 10
+    assert (tmp_path / "results.csv").read_text().count("\n") == 4
+    assert (tmp_path / "test02_input_output_gt.png").is_file()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_bad_inputs_give_clear_errors(tiny, exported, tmp_path):
+    model, params = tiny
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "nope")
+    bad = tmp_path / "bad_cfg"
+    import shutil
+    shutil.copytree(exported / "params", bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["config"]["num_feat"] = 16
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match=r"do not fit .*conv_first/bias: saved \(8,\), config wants \(16,\)"):
+        load(bad)
+    frames = (np.random.default_rng(8).random((4, 8, 8, 3)) * 255).astype(np.uint8)
+    _write_frames(tmp_path / "short", frames)
+    with pytest.raises(ValueError, match="4 frames is shorter than the model's 5-frame window"):
+        Restorer(model, params)(read_clip(tmp_path / "short")[0])
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(tmp_path / "short" / "00009.png")
+    with pytest.raises(InputError, match="00009.png is 8x9 but 00000.png is 8x8"):
+        read_clip(tmp_path / "short")
+    (tmp_path / "short" / "00009.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read .*00009.png"):
+        read_clip(tmp_path / "short")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "short" / "00009.png")
+    with pytest.raises(InputError, match="00009.png is a 'L' image; expected 8-bit RGB"):
+        read_clip(tmp_path / "short")
+    proc = subprocess.run([sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "short"), str(tmp_path / "o"),
+                           "--checkpoint", str(exported / "params")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "'L' image" in proc.stderr and not (tmp_path / "o").exists()
+    # A run that fails half-way leaves its frames under .partial, never at the output path.
+    w = Writer(tmp_path / "half")
+    w.write(frames[0], "a")
+    w.close(ok=False)
+    assert not (tmp_path / "half").exists() and (tmp_path / "half.partial" / "a.png").is_file()
