@@ -8,7 +8,7 @@ Every frame of every clip (temporal padding per task: reflection_circle for SR,
 replicate for deblurring), PSNR/SSIM on RGB and on BT.601 Y, averaged per clip then
 over clips, with the bicubic (SR) or input (deblur) baseline beside every number.
 Writes results.json and results.csv (and optionally the restored frames and an
-input | output | GT image per clip) into --out.
+input | output | GT image per clip) into --out (default: CHECKPOINT/eval_<dataset>).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -31,6 +32,8 @@ from edvr_jax.metrics import to_uint8  # noqa: E402
 from edvr_jax.restorer import load  # noqa: E402
 from edvr_jax.temporal import PADDING_MODES  # noqa: E402
 
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A train.py config: its dataset, data config, "
+                                          "validation padding and crop border become the defaults.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
 _DATASET = flags.DEFINE_string("dataset", "demo", "demo | reds4 | vid4 | vimeo90k_test | a folder with GT/ and LQ/.")
 _DATA_CONFIG = flags.DEFINE_string("data_config", None, "TFDS config (REDS: sr_x4, deblur, deblurcomp, srblur); "
@@ -79,20 +82,30 @@ def main(argv):
         raise app.UsageError("--checkpoint is required")
     from tqdm import tqdm
 
-    restorer = load(_CHECKPOINT.value, padding=_PADDING.value, batch_size=_BATCH.value, tile=_TILE.value)
+    dataset, data_config, padding, crop_border = _DATASET.value, _DATA_CONFIG.value, _PADDING.value, _CROP_BORDER.value
+    if _CONFIG.value is not None:  # a training config supplies the defaults the flags leave open
+        dc = _CONFIG.value.data
+        given = lambda name: flags.FLAGS[name].present  # noqa: E731
+        dataset = dataset if given("dataset") else {"demo": "demo", "reds": "reds4", "vimeo90k": "vimeo90k_test",
+                                                     "vid4": "vid4"}.get(dc.name, dataset)
+        data_config = data_config or dc.config
+        padding = padding or dc.val_padding
+        crop_border = crop_border if given("crop_border") else dc.val_crop_border
+    restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value)
     scale = restorer.scale
-    if _DATASET.value in SPLITS:
-        name, split = SPLITS[_DATASET.value]
-        config = _DATA_CONFIG.value or (None if name != "reds" and name != "demo" else
-                                        ("deblur" if scale == 1 else "sr_x4"))
+    if dataset in SPLITS:
+        name, split = SPLITS[dataset]
+        config = data_config or (None if name != "reds" and name != "demo" else
+                                 ("deblur" if scale == 1 else "sr_x4"))
         builder = data.load_builder(name, config=config, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
         reader = data.ClipReader(builder, split)
         if reader.scale != scale:
             raise app.UsageError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
         clips = list(data.eval_clips(reader, _CLIPS.value))
     else:
-        clips = list(folder_clips(Path(_DATASET.value), _CLIPS.value))
-    out_dir = Path(_OUT.value or Path(_CHECKPOINT.value).with_suffix("").parent / f"eval_{Path(_DATASET.value).name}")
+        clips = list(folder_clips(Path(dataset), _CLIPS.value))
+    ckpt = Path(_CHECKPOINT.value)
+    out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     bar = tqdm(total=sum(len(c.gt) for c in clips), unit="frame", desc="evaluating")
@@ -113,12 +126,12 @@ def main(argv):
             Image.fromarray(panel).save(out_dir / f"{clip.name}_input_output_gt.png")
 
     start = time.perf_counter()
-    results = evaluation.evaluate(restore, clips, scale, _CROP_BORDER.value, on_frame=on_frame)
+    results = evaluation.evaluate(restore, clips, scale, crop_border, on_frame=on_frame)
     bar.close()
     summary = evaluation.summarize(results)
     print_table(results, summary)
-    report = {"checkpoint": str(_CHECKPOINT.value), "dataset": _DATASET.value, "padding": restorer.padding,
-              "crop_border": _CROP_BORDER.value, "seconds": time.perf_counter() - start, "average": summary,
+    report = {"checkpoint": str(_CHECKPOINT.value), "dataset": dataset, "padding": restorer.padding,
+              "crop_border": crop_border, "seconds": time.perf_counter() - start, "average": summary,
               "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     with (out_dir / "results.csv").open("w", newline="") as f:

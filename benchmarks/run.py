@@ -1,7 +1,7 @@
 """edvr-jax benchmarks: the DCN op, inference, a training step, and PyTorch side by side.
 
     python benchmarks/run.py all                    # dcn + inference + train + pipeline (+ torch if installed)
-    python benchmarks/run.py dcn|inference|train|pipeline|torch [--quick]
+    python benchmarks/run.py dcn|inference|train|pipeline|tiles|torch [--quick]
     python benchmarks/run.py torch --basicsr-src /tmp/bsr/basicsr-1.4.2
 
 Each benchmark prints a table and appends one JSON record per row (machine,
@@ -234,6 +234,30 @@ def bench_pipeline(quick: bool) -> None:
                                     gt_size=spec.gt_size, clips_per_s=rate))
 
 
+# ------------------------------------------------------------------------------------------ tiled restoration
+
+
+def bench_tiles(quick: bool) -> None:
+    """Peak memory of tiled restoration of 1080p and 4K LR frames: XLA's planned peak for one
+    batch of tiles, plus the host buffers (LR clip window, float32 output canvas and weights)."""
+    tile, batch = 128, 1
+    print(f"{'model':8} {'tile':>5} {'device MiB':>10} {'1080p host MiB':>15} {'4K host MiB':>12}")
+    for preset in (["edvr_m"] if quick else ["edvr_m", "edvr_l"]):
+        model = edvr_from_preset(preset, offset_warning=False)
+        x = jnp.zeros((batch, 5, tile, tile, 3))
+        params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+        compiled = jax.jit(lambda p, x: model.apply({"params": p}, x)).lower(params, x).compile()
+        device = memory_bytes(compiled)
+        host = {}
+        for name, (w, h) in {"1080p": (1920, 1080), "4K": (3840, 2160)}.items():
+            window = 5 * h * w * 3 * 4  # float32 LR window
+            canvas = (4 * h) * (4 * w) * (3 + 1) * 4  # float32 RGB sum + weight
+            host[name] = window + canvas
+        print(f"{preset:8} {tile:5d} {device / 2**20:10.0f} {host['1080p'] / 2**20:15.0f} {host['4K'] / 2**20:12.0f}")
+        record("tiles", dict(model=preset, tile=tile, batch=batch, device_peak_bytes=device,
+                             host_bytes_1080p=host["1080p"], host_bytes_4k=host["4K"]))
+
+
 # ------------------------------------------------------------------------------------------ PyTorch
 
 
@@ -274,7 +298,7 @@ def bench_torch(basicsr_src: str | None, ours: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["dcn", "inference", "train", "pipeline", "torch", "all"])
+    parser.add_argument("which", choices=["dcn", "inference", "train", "pipeline", "tiles", "torch", "all"])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--basicsr-src", help="BasicSR 1.4.2 source tree, for the PyTorch comparison")
     args = parser.parse_args()
@@ -288,6 +312,8 @@ def main() -> None:
         bench_train(args.quick)
     if args.which in ("pipeline", "all"):
         bench_pipeline(args.quick)
+    if args.which in ("tiles", "all"):
+        bench_tiles(args.quick)
     if args.which in ("torch", "all"):
         bench_torch(args.basicsr_src, ours)
     print(f"appended to {RESULTS.relative_to(ROOT)}")

@@ -104,6 +104,23 @@ def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless(tiny):
     assert diff.max() < 1 / 255  # and nowhere off by a grey level: no visible seam
 
 
+def test_two_stage_restorer_matches_the_cascade_and_round_trips(tmp_path):
+    from edvr_jax import TwoStageEDVR
+    from edvr_jax.inference import restore_clip_two_stage
+
+    model = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, hr_in=True, with_predeblur=True),
+                         offset_warning=False)
+    variables = jax.jit(model.init)(jax.random.key(3), np.zeros(model.input_shape(1, 16, 16), np.float32))
+    clip = np.random.default_rng(9).random((6, 16, 16, 3)).astype(np.float32)
+    ref = restore_clip_two_stage(model, variables, clip)
+    out = Restorer(model, variables["params"], padding="reflection_circle")(clip)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    export_params(model, variables["params"], tmp_path / "two")
+    again = load(tmp_path / "two", padding="reflection_circle")
+    assert again.scale == 4
+    np.testing.assert_allclose(again(clip), ref, atol=1e-6)
+
+
 # --- load and exports --------------------------------------------------------------------------
 
 def test_load_params_and_safetensors_reproduce_the_model(tiny, exported, tmp_path):
