@@ -114,7 +114,8 @@ class StageRunner:
                     y0, x0 = ys[iy] * s, xs[ix] * s
                     canvas[y0:y0 + th * s, x0:x0 + tw * s] += out * wgt
                     total[y0:y0 + th * s, x0:x0 + tw * s] += wgt
-            yield f, (canvas / total)[:h * s, :w * s]
+            canvas /= total  # in place: the canvas is the largest buffer here
+            yield f, canvas[:h * s, :w * s]
 
 
 class Restorer:
@@ -154,7 +155,9 @@ class Restorer:
         need = self._stages[0].model.num_frame
         if len(clip) < need:
             raise ValueError(f"a clip of {len(clip)} frames is shorter than the model's {need}-frame window")
-        x = clip.astype(np.float32) / 255.0 if clip.dtype == np.uint8 else clip.astype(np.float32)
+        x = clip.astype(np.float32)
+        if clip.dtype == np.uint8:
+            x /= 255.0
         for k, stage in enumerate(self._stages):
             if k == len(self._stages) - 1:
                 yield from stage.frames(x, self.padding)
