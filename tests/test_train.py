@@ -270,3 +270,22 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert steps == [1]
     params = _final_params(tmp_path / "nan")
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
+    from edvr_jax import EDVR, init_variables
+
+    small = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1, offset_warning=False)
+    params = init_variables(EDVR(**small), jax.random.key(0), 16, 16)["params"]
+    x = jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3))
+    gt = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
+
+    def loss(p, dtype):
+        return charbonnier(EDVR(**small, dtype=dtype).apply({"params": p}, x), gt)
+
+    l32, g32 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.float32)))(params)
+    l16, g16 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.bfloat16)))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+    assert float(l16) == pytest.approx(float(l32), rel=2e-2)
+    cos = optax.tree_utils.tree_vdot(g16, g32) / (optax.tree_utils.tree_l2_norm(g16) * optax.tree_utils.tree_l2_norm(g32))
+    assert float(cos) > 0.99  # same descent direction
