@@ -289,3 +289,23 @@ def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
     assert float(l16) == pytest.approx(float(l32), rel=2e-2)
     cos = optax.tree_utils.tree_vdot(g16, g32) / (optax.tree_utils.tree_l2_norm(g16) * optax.tree_utils.tree_l2_norm(g32))
     assert float(cos) > 0.99  # same descent direction
+
+
+@pytest.mark.parametrize("name,params", [
+    ("default", 3_300_131), ("edvr_m_reds", 3_300_131), ("edvr_m_wotsa_reds", 2_996_259),
+    ("edvr_l_reds", 20_633_827), ("edvr_l_wotsa_reds", None), ("edvr_l_deblur_reds", 23_602_019),
+    ("edvr_l_srblur_reds", 23_306_851), ("edvr_l_vimeo", 20_699_363), ("demo", None)])
+def test_configs_build_their_models(name, params):
+    import importlib
+
+    from edvr_jax import EDVR
+
+    sys.path.insert(0, str(ROOT))
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    model = EDVR(**cfg.model)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 64, 64)))
+    if params is not None:
+        assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == params
+    assert cfg.batch_size > 0 and len(cfg.optim.periods) == len(cfg.optim.restart_weights)
+    if cfg.optim.tsa_iter:
+        assert cfg.model.with_tsa
