@@ -1,0 +1,277 @@
+"""The input pipeline: random training windows and full test clips, read at random from
+``tfds.data_source`` and assembled by Grain.
+
+Training batches are a pure function of ``(seed, position)``: Grain's ``IndexSampler``
+shuffles record indices from the seed and gives every record its own RNG, so the
+batches do not depend on the worker count, and the iterator's state (a position)
+is saved and restored with Orbax (``grain.PyGrainCheckpointSave``) beside the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import grain.python as grain
+from absl import flags
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from edvr_jax.data.frames import DatasetError, decode_png
+from edvr_jax.temporal import window_table
+
+# Short dataset names -> (TFDS builder class name, default config).
+DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
+            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4")}
+
+
+def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
+                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of one of our datasets, building it first when needed.
+
+    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4`` (or the TFDS name). The demo set
+    builds from nothing; the others from ``manual_dir`` (never from the network).
+    """
+    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
+
+    tfds_name, default_config = DATASETS.get(name, (name, None))
+    if tfds_name not in tfds.list_builders():
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
+    if not builder.is_prepared():
+        if tfds_name != "edvr_demo" and manual_dir is None:
+            raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
+                               f"{builder.data_dir}; pass its folder as manual_dir (see "
+                               f"{type(builder).__name__}'s docstring for the layout)")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    return builder
+
+
+class ClipReader:
+    """Random access to the frames of one split: ``lq(clip, frames)``, ``gt(clip, frame)``.
+
+    Picklable (Grain workers reopen the data source). Clip ``c`` is row ``c`` of ``clips``:
+    ``(name, first record, frame count)``.
+    """
+
+    def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
+        self.name = f"{builder.name}/{builder.builder_config.name}"
+        self._builder_dir = builder.data_dir
+        self.split = split
+        table = builder.info.metadata.get("clips", {})
+        if split not in table:
+            raise DatasetError(f"{self.name} has no split {split!r}; it has {sorted(table)}")
+        self.clips = [(str(n), int(s), int(c)) for n, s, c in table[split]]
+        self.scale = int(builder.info.metadata["scale"])
+        self._source = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_source": None}
+
+    @property
+    def source(self):
+        if self._source is None:
+            builder = tfds.builder_from_directory(self._builder_dir)
+            self._source = builder.as_data_source(
+                self.split, decoders={"lq": tfds.decode.SkipDecoding(), "gt": tfds.decode.SkipDecoding()})
+        return self._source
+
+    def _record(self, clip: int, frame: int) -> dict:
+        name, start, count = self.clips[clip]
+        if not 0 <= frame < count:
+            raise IndexError(f"{self.name}: clip {name} has {count} frames, asked for frame {frame}")
+        record = self.source[start + frame]
+        if record["frame"] != frame or record["clip"].decode() != name:
+            raise DatasetError(f"{self.name}/{self.split}: record {start + frame} holds clip "
+                               f"{record['clip'].decode()} frame {record['frame']}, expected {name} frame {frame}; "
+                               "the dataset files do not match their clip table (rebuild the dataset)")
+        return record
+
+    def lq(self, clip: int, frames: Sequence[int]) -> np.ndarray:
+        """uint8 ``[len(frames), h, w, 3]``."""
+        return np.stack([decode_png(self._record(clip, f)["lq"]) for f in frames])
+
+    def gt(self, clip: int, frame: int) -> np.ndarray:
+        """uint8 ``[H, W, 3]``."""
+        return decode_png(self._record(clip, frame)["gt"])
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    """How training windows are drawn, with BasicSR's option names."""
+
+    num_frame: int = 5
+    gt_size: int = 256  # GT patch side; the LQ patch is gt_size / scale
+    interval_list: tuple[int, ...] = (1,)
+    random_reverse: bool = False
+    use_hflip: bool = True
+    use_rot: bool = True
+    # 'all': every frame of every clip is a sample, a centre whose window does not fit is
+    # re-drawn (BasicSR's REDS); 'fitting': only centres whose window fits (BasicSR's Vimeo).
+    centers: str = "all"
+
+
+def _check_windows(reader: ClipReader, spec: WindowSpec):
+    if spec.num_frame % 2 != 1:
+        raise ValueError(f"num_frame must be odd, got {spec.num_frame}")
+    if spec.centers not in ("all", "fitting"):
+        raise ValueError(f"centers must be 'all' or 'fitting', got {spec.centers!r}")
+    if spec.gt_size % reader.scale:
+        raise ValueError(f"gt_size {spec.gt_size} is not a multiple of the dataset's scale {reader.scale}")
+    span = (spec.num_frame - 1) * max(spec.interval_list) + 1
+    for name, _, count in reader.clips:
+        if count < span:
+            raise DatasetError(f"{reader.name}/{reader.split}: clip {name} has {count} frames, fewer than the "
+                               f"{span} that a {spec.num_frame}-frame window with interval "
+                               f"{max(spec.interval_list)} spans")
+
+
+def _centers(reader: ClipReader, spec: WindowSpec) -> np.ndarray:
+    """The samples of an epoch as ``[n, 2]`` ``(clip, centre frame)`` rows."""
+    half = (spec.num_frame - 1) // 2 * min(spec.interval_list)
+    rows = []
+    for c, (_, _, count) in enumerate(reader.clips):
+        lo, hi = (0, count) if spec.centers == "all" else (half, count - half)
+        rows.extend((c, f) for f in range(lo, hi))
+    return np.array(rows, np.int64)
+
+
+class _BatchPlan(grain.RandomAccessDataSource):
+    """Record ``i`` is this process's share of global batch ``i``: ``[b, 4]`` rows of
+    ``(clip, centre, epoch, position in the epoch)``.
+
+    Each epoch is a permutation of all samples drawn from ``(seed, epoch)``, cut into
+    global batches; process ``p`` takes rows ``[p * b, (p + 1) * b)`` of each. A batch is
+    therefore fixed by the seed alone, whatever the worker or process count.
+    """
+
+    def __init__(self, what: str, centers: np.ndarray, global_batch: int, seed: int, num_epochs: int | None):
+        self._what = what
+        self._centers, self._global, self._seed = centers, global_batch, seed
+        self.batches_per_epoch = len(centers) // global_batch
+        if self.batches_per_epoch == 0:
+            raise DatasetError(f"the split has {len(centers)} samples, fewer than one global batch of {global_batch}")
+        procs, p = jax.process_count(), jax.process_index()
+        self._local = global_batch // procs
+        self._offset = p * self._local
+        self._len = self.batches_per_epoch * (num_epochs if num_epochs is not None else 10 ** 9)
+        self._perm = (-1, None)
+
+    def __len__(self):
+        return self._len
+
+    def __repr__(self):  # Grain compares it with the checkpointed one on restore
+        return (f"_BatchPlan({self._what}, samples={len(self._centers)}, global_batch={self._global}, "
+                f"seed={self._seed}, share={self._offset}+{self._local})")
+
+    def __getitem__(self, i):
+        epoch, b = divmod(int(i), self.batches_per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._centers)))
+        pos = self._perm[1][b * self._global + self._offset:][:self._local]
+        return np.concatenate([self._centers[pos], np.full((len(pos), 1), epoch), pos[:, None]], axis=1)
+
+
+class _LoadBatch(grain.MapTransform):
+    """Rows of ``(clip, centre, epoch, position)`` -> ``{'lq': float32 [b, T, h, w, 3],
+    'gt': float32 [b, sh, sw, 3]}``: BasicSR's REDS/Vimeo training sample per row
+    (interval, re-drawn centre, reverse, aligned crop, flips, / 255), each from its own
+    RNG seeded by ``(seed, epoch, position)``."""
+
+    def __init__(self, reader: ClipReader, spec: WindowSpec, seed: int):
+        self.reader, self.spec, self.seed = reader, spec, seed
+
+    def map(self, rows):
+        samples = [self.sample(int(c), int(f), np.random.default_rng([self.seed, int(e), int(k), 1]))
+                   for c, f, e, k in rows]
+        return {key: np.stack([s[key] for s in samples]).astype(np.float32) / np.float32(255.0)
+                for key in ("lq", "gt")}
+
+    def sample(self, clip: int, center: int, rng: np.random.Generator) -> dict:
+        spec, reader = self.spec, self.reader
+        count = reader.clips[clip][2]
+        interval = int(rng.choice(spec.interval_list))
+        half = spec.num_frame // 2 * interval
+        while center - half < 0 or center + half > count - 1:
+            center = int(rng.integers(count))
+        frames = list(range(center - half, center + half + 1, interval))
+        if spec.random_reverse and rng.random() < 0.5:
+            frames.reverse()
+        lq, gt = reader.lq(clip, frames), reader.gt(clip, center)
+        s = reader.scale
+        p = spec.gt_size // s
+        h, w = lq.shape[1:3]
+        if h < p or w < p:
+            raise DatasetError(f"{reader.name}: clip {reader.clips[clip][0]} has {h}x{w} LQ frames, smaller "
+                               f"than the {p}x{p} training patch (gt_size {spec.gt_size} / scale {s})")
+        top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        lq = lq[:, top:top + p, left:left + p]
+        gt = gt[top * s:(top + p) * s, left * s:(left + p) * s]
+        if spec.use_hflip and rng.random() < 0.5:
+            lq, gt = lq[:, :, ::-1], gt[:, ::-1]
+        if spec.use_rot:
+            if rng.random() < 0.5:
+                lq, gt = lq[:, ::-1], gt[::-1]
+            if rng.random() < 0.5:
+                lq, gt = lq.transpose(0, 2, 1, 3), gt.transpose(1, 0, 2)
+        return {"lq": lq, "gt": gt}
+
+
+def train_loader(reader: ClipReader, spec: WindowSpec, global_batch_size: int, seed: int,
+                 worker_count: int = 0, num_epochs: int | None = None,
+                 worker_buffer_size: int = 2) -> grain.DataLoader:
+    """A Grain loader of training batches: ``{'lq': [b, T, p, p, 3], 'gt': [b, sp, sp, 3]}`` float32
+    in [0, 1], ``b = global_batch_size / jax.process_count()``, this process's share of the
+    global batch (``p = gt_size / scale``).
+
+    ``iter(loader)`` gives an iterator with ``get_state``/``set_state`` (Orbax:
+    ``grain.PyGrainCheckpointSave``/``Restore``). The batches depend on ``seed`` only;
+    ``worker_count`` processes prepare them ahead of the training step.
+    """
+    _check_windows(reader, spec)
+    procs = jax.process_count()
+    if global_batch_size % procs:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by the {procs} processes")
+    if worker_count and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; outside absl.app use their defaults
+    plan = _BatchPlan(f"{reader.name}/{reader.split}, {spec}", _centers(reader, spec), global_batch_size, seed, num_epochs)
+    sampler = grain.IndexSampler(num_records=len(plan), shard_options=grain.NoSharding(), shuffle=False,
+                                 num_epochs=1, seed=seed)
+    return grain.DataLoader(data_source=plan, sampler=sampler, worker_count=worker_count,
+                            worker_buffer_size=worker_buffer_size, operations=[_LoadBatch(reader, spec, seed)])
+
+
+@dataclasses.dataclass
+class EvalClip:
+    """One whole clip: ``lq`` uint8 ``[N, h, w, 3]``, ``gt`` uint8 ``[N, H, W, 3]``."""
+
+    name: str
+    lq: np.ndarray
+    gt: np.ndarray
+
+    def windows(self, num_frame: int, padding: str) -> np.ndarray:
+        """``[N, num_frame]`` frame indices per output frame, with BasicSR's temporal padding."""
+        return window_table(len(self.lq), num_frame, padding)
+
+
+def eval_clips(reader: ClipReader, clips: Sequence[str] | None = None) -> Iterator[EvalClip]:
+    """Every clip of the split (or the named ones), whole, in order."""
+    names = [c[0] for c in reader.clips]
+    for name in clips or names:
+        if name not in names:
+            raise DatasetError(f"{reader.name}/{reader.split} has no clip {name!r}")
+        c = names.index(name)
+        count = reader.clips[c][2]
+        yield EvalClip(name, reader.lq(c, range(count)), np.stack([reader.gt(c, f) for f in range(count)]))
+
+
+def eval_windows(reader: ClipReader, num_frame: int, padding: str) -> Iterator[dict]:
+    """Every frame of every clip: ``{'clip', 'frame', 'lq': float32 [T, h, w, 3], 'gt': float32 [H, W, 3]}``."""
+    for clip in eval_clips(reader):
+        table = clip.windows(num_frame, padding)
+        for f, rows in enumerate(table):
+            yield {"clip": clip.name, "frame": f, "lq": clip.lq[rows].astype(np.float32) / 255.0,
+                   "gt": clip.gt[f].astype(np.float32) / 255.0}

@@ -1,0 +1,83 @@
+"""BasicSR's test protocol: every frame of every clip, PSNR/SSIM per frame, averaged per clip
+and then over clips, with the bicubic (SR) or input (deblur) baseline beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from edvr_jax.data.bicubic import imresize
+from edvr_jax.data.pipeline import EvalClip
+from edvr_jax.metrics import psnr, ssim, to_uint8
+
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
+
+
+def baseline(lq_center: np.ndarray, scale: int) -> np.ndarray:
+    """The reference a restoration must beat: MATLAB-bicubic x``scale`` of the centre LQ frame
+    (uint8 ``[h, w, 3]``), or the frame itself when ``scale`` is 1 (deblurring)."""
+    if scale == 1:
+        return lq_center
+    return to_uint8(imresize(lq_center.astype(np.float64) / 255.0, scale))
+
+
+def frame_metrics(out: np.ndarray, gt: np.ndarray, crop_border: int = 0) -> dict[str, float]:
+    """PSNR/SSIM on RGB and on BT.601 Y of two uint8 ``[H, W, 3]`` frames."""
+    return {"psnr": psnr(out, gt, crop_border), "ssim": ssim(out, gt, crop_border),
+            "psnr_y": psnr(out, gt, crop_border, True), "ssim_y": ssim(out, gt, crop_border, True)}
+
+
+@dataclasses.dataclass
+class ClipResult:
+    name: str
+    frames: list[dict[str, float]]  # per frame: METRICS and base_<metric>
+
+    def mean(self) -> dict[str, float]:
+        return {k: float(np.mean([f[k] for f in self.frames])) for k in self.frames[0]}
+
+
+def restore_frames(apply_fn: Callable[[np.ndarray], np.ndarray], clip: EvalClip, num_frame: int, padding: str,
+                   batch_size: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """``(frame index, uint8 output)`` for every frame of ``clip``; ``apply_fn`` maps float32
+    ``[batch_size, T, h, w, 3]`` to ``[batch_size, H, W, 3]`` (the last batch is padded)."""
+    table = clip.windows(num_frame, padding)
+    for start in range(0, len(table), batch_size):
+        rows = table[start:start + batch_size]
+        n = len(rows)
+        if n < batch_size:
+            rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - n, axis=0)])
+        out = np.asarray(apply_fn(clip.lq[rows].astype(np.float32) / 255.0))
+        for i in range(n):
+            yield start + i, to_uint8(out[i])
+
+
+def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
+             scale: int, crop_border: int = 0,
+             on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None) -> list[ClipResult]:
+    """Metrics of every frame of every clip, model and baseline (``base_*``). ``restore(clip)``
+    yields ``(frame index, uint8 [H, W, 3] output)`` for every frame of the clip."""
+    results = []
+    for clip in clips:
+        frames = {}
+        for f, out in restore(clip):
+            gt = clip.gt[f]
+            if out.shape != gt.shape:
+                raise ValueError(f"clip {clip.name} frame {f}: output {out.shape} but GT {gt.shape}")
+            row = frame_metrics(out, gt, crop_border)
+            base = frame_metrics(baseline(clip.lq[f], scale), gt, crop_border)
+            row.update({f"base_{k}": v for k, v in base.items()})
+            frames[f] = row
+            if on_frame is not None:
+                on_frame(clip, f, out)
+        if len(frames) != len(clip.gt):
+            raise ValueError(f"clip {clip.name}: {len(frames)} frames restored, {len(clip.gt)} expected")
+        results.append(ClipResult(clip.name, [frames[f] for f in sorted(frames)]))
+    return results
+
+
+def summarize(results: list[ClipResult]) -> dict[str, float]:
+    """Average per clip, then over clips (BasicSR's protocol)."""
+    means = [r.mean() for r in results]
+    return {k: float(np.mean([m[k] for m in means])) for k in means[0]}

@@ -1,0 +1,135 @@
+"""Export a trained or converted EDVR for inference.
+
+    python -m edvr_jax.export CKPT OUT --format params        # Orbax params + config.json (edvr_jax.load)
+    python -m edvr_jax.export CKPT OUT.safetensors --format safetensors   # BasicSR keys, + OUT.json
+    python -m edvr_jax.export CKPT OUT.jaxexport --format jax  # jax.export, symbolic batch/height/width
+    python -m edvr_jax.export CKPT OUT --format savedmodel     # TensorFlow SavedModel via jax2tf
+
+The jax.export and SavedModel artifacts hold the parameters as constants and take
+float32 ``[batch, num_frame, H, W, 3]`` in [0, 1] with any batch and any H, W that are
+multiples of the model's size multiple (4, or 16 with HR input); they return
+``[batch, sH, sW, 3]``. ``tools/run_exported.py`` runs the jax.export one without edvr_jax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edvr_jax import convert
+from edvr_jax.models.edvr import EDVR, TwoStageEDVR
+
+
+def _check_single(model) -> EDVR:
+    if not isinstance(model, EDVR):
+        raise ValueError("this export format takes a one-stage EDVR; export the stages of a two-stage model "
+                         "separately")
+    return model
+
+
+def export_params(model: EDVR | TwoStageEDVR, params: Any, out: Path, force: bool = False) -> Path:
+    """Orbax parameters + ``config.json``; ``edvr_jax.load(out)`` reads it back (one- or two-stage)."""
+    if isinstance(model, TwoStageEDVR):
+        import orbax.checkpoint as ocp
+        if out.exists() and any(out.iterdir()) and not force:
+            raise FileExistsError(f"{out} exists and is not empty; pass --force to overwrite")
+        out.mkdir(parents=True, exist_ok=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(out.absolute() / "params", {"params": jax.tree.map(np.asarray, params)}, force=force)
+        (out / "config.json").write_text(json.dumps({"model": "TwoStageEDVR", "stage1": dict(model.stage1),
+                                                     "stage2": dict(model.stage2)}, indent=2) + "\n")
+        return out
+    return convert.save_converted(out, {"params": params}, _check_single(model).config(), force=force)
+
+
+def export_safetensors(model: EDVR, params: Any, out: Path) -> Path:
+    """BasicSR's key names and layouts (loadable by BasicSR's EDVR as well), config in ``out.json``."""
+    from safetensors.numpy import save_file
+
+    sd = convert.to_basicsr({"params": params})
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(out))
+    out.with_suffix(".json").write_text(json.dumps({"model": "EDVR", "config": _check_single(model).config()},
+                                                   indent=2) + "\n")
+    return out
+
+
+def _polymorphic(model: EDVR) -> str:
+    m = model.size_multiple
+    return f"b, {model.num_frame}, {m}*h, {m}*w, 3"
+
+
+def export_jax(model: EDVR, params: Any, out: Path) -> Path:
+    """A serialized ``jax.export.Exported`` with symbolic batch, height and width."""
+    from jax import export
+
+    model = _check_single(model)
+    b, h, w = export.symbolic_shape("b, h, w")
+    m = model.size_multiple
+    fn = jax.jit(lambda x: model.apply({"params": params}, x))
+    exported = export.export(fn, platforms=("cpu", "cuda", "tpu"))(
+        jax.ShapeDtypeStruct((b, model.num_frame, m * h, m * w, 3), jnp.float32))
+    out.write_bytes(exported.serialize())
+    out.with_suffix(".json").write_text(json.dumps({"model": "EDVR", "config": model.config(),
+                                                    "input": f"float32[{_polymorphic(model)}] in [0, 1]"}, indent=2)
+                                        + "\n")
+    return out
+
+
+def export_savedmodel(model: EDVR, params: Any, out: Path) -> Path:
+    """A TensorFlow SavedModel (``serving_default``: ``frames`` -> ``output``) via jax2tf."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    model = _check_single(model)
+    fn = jax2tf.convert(lambda x: model.apply({"params": params}, x), polymorphic_shapes=[f"({_polymorphic(model)})"],
+                        native_serialization_platforms=("cpu", "cuda", "tpu"))
+    module = tf.Module()
+    module.restore = tf.function(lambda frames: {"output": fn(frames)}, autograph=False, input_signature=[
+        tf.TensorSpec([None, model.num_frame, None, None, 3], tf.float32, name="frames")])
+    tf.saved_model.save(module, str(out), signatures={"serving_default": module.restore})
+    (out / "edvr_config.json").write_text(json.dumps({"model": "EDVR", "config": model.config()}, indent=2) + "\n")
+    return out
+
+
+FORMATS = {"params": export_params, "safetensors": export_safetensors, "jax": export_jax,
+           "savedmodel": export_savedmodel}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="train.py workdir, converted dir, or BasicSR .pth/.safetensors")
+    parser.add_argument("out")
+    parser.add_argument("--format", choices=sorted(FORMATS), default="params")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT")
+    args = parser.parse_args(argv)
+    from edvr_jax.restorer import load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
+        return 2
+    try:
+        model, params = load_model(args.checkpoint)
+        if args.format == "params":
+            export_params(model, params, out, force=args.force)
+        else:
+            if out.exists():
+                import shutil
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            FORMATS[args.format](model, params, out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({args.format})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

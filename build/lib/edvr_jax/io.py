@@ -1,0 +1,115 @@
+"""Reading and writing clips: a folder of frames or a video file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+
+
+class InputError(ValueError):
+    """An input clip that cannot be used as it is; the message names the file and the problem."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                raise InputError(f"{path} is a {img.mode!r} image; expected 8-bit RGB")
+            return np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+
+
+def read_clip(path: str | os.PathLike) -> tuple[np.ndarray, list[str], float | None]:
+    """``(frames uint8 [N, H, W, 3], frame names, fps or None)`` from a folder of images (name
+    order) or a video file."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        frames = []
+        for f in files:
+            img = read_image(f)
+            if frames and img.shape != frames[0].shape:
+                raise InputError(f"{f} is {img.shape[1]}x{img.shape[0]} but {files[0].name} is "
+                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a clip must share one size")
+            frames.append(img)
+        return np.stack(frames), [f.stem for f in files], None
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        try:
+            import av
+        except ImportError as e:
+            raise InputError(f"reading {path} needs PyAV (pip install av)") from e
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                fps = float(stream.average_rate) if stream.average_rate else None
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        except av.error.FFmpegError as e:
+            raise InputError(f"cannot decode video {path}: {e}") from e
+        if not frames:
+            raise InputError(f"{path} holds no video frames")
+        return np.stack(frames), [f"{i:08d}" for i in range(len(frames))], fps
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
+    raise InputError(f"{path}: expected a folder of frames or a video file ({', '.join(VIDEO_SUFFIXES)})")
+
+
+class Writer:
+    """Writes restored frames to a folder of PNGs or a video file, into a ``.partial`` path that
+    is renamed into place only when ``close(ok=True)``; a failed run leaves it, and says so."""
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
+        self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        if self.partial.exists():
+            shutil.rmtree(self.partial) if self.partial.is_dir() else self.partial.unlink()
+        self.fps = fps or 25.0
+        self._container = self._stream = None
+        if not self.video:
+            self.partial.mkdir(parents=True)
+
+    def write(self, frame: np.ndarray, name: str) -> None:
+        if not self.video:
+            Image.fromarray(frame).save(self.partial / f"{name}.png")
+            return
+        import av
+        from fractions import Fraction
+        if self._container is None:
+            self._container = av.open(str(self.partial), mode="w", format=self.path.suffix.lstrip(".").replace("m4v", "mp4"))
+            self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self._stream.width, self._stream.height = frame.shape[1], frame.shape[0]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": "12"}
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
+
+    def close(self, ok: bool) -> None:
+        if self._container is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        if ok:
+            if self.path.exists():
+                shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+            self.partial.rename(self.path)
+
+
+def write_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], names: Iterable[str]) -> None:
+    writer = Writer(path, overwrite=True)
+    for frame, name in zip(frames, names):
+        writer.write(frame, name)
+    writer.close(ok=True)

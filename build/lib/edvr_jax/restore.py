@@ -1,0 +1,68 @@
+"""Restore a video or a folder of frames with a trained or converted EDVR.
+
+    python -m edvr_jax.restore INPUT OUTPUT --checkpoint CKPT [--tile 128] [--batch-size 4]
+
+INPUT: a folder of frames or a video file. OUTPUT: a folder (PNG frames, named as the
+input frames) or a video file (.mp4, .mkv, ...). CKPT: a train.py workdir, an
+``edvr_jax.convert``/``export`` directory, or a BasicSR .pth/.safetensors file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from edvr_jax.io import InputError, Writer, read_clip
+from edvr_jax.metrics import to_uint8
+from edvr_jax.restorer import load
+from edvr_jax.temporal import PADDING_MODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--padding", choices=PADDING_MODES, help="temporal padding (default: per task, as BasicSR)")
+    parser.add_argument("--tile", type=int, help="LQ tile side for large frames (e.g. 128); default: whole frames")
+    parser.add_argument("--tile-overlap", type=int, default=16, help="LQ pixels shared by neighbouring tiles")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows (or tiles) per model call")
+    parser.add_argument("--fps", type=float, help="output video frame rate (default: the input's, or 25)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    try:
+        frames, names, fps = read_clip(args.input)
+        restorer = load(args.checkpoint, padding=args.padding, batch_size=args.batch_size, tile=args.tile,
+                        tile_overlap=args.tile_overlap)
+        if len(frames) < restorer.num_frame:
+            raise InputError(f"{args.input} has {len(frames)} frames, fewer than the model's "
+                             f"{restorer.num_frame}-frame window")
+        writer = Writer(args.output, fps=args.fps or fps, overwrite=args.overwrite)
+    except (InputError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ok = False
+    start = time.perf_counter()
+    try:
+        with tqdm(total=len(frames), unit="frame", desc="restoring") as bar:
+            for i, out in restorer.frames(frames):
+                writer.write(to_uint8(out), names[i])
+                bar.update(1)
+        ok = True
+    finally:
+        writer.close(ok)
+        if not ok:
+            print(f"error: restoration stopped; the frames written so far are in {writer.partial}", file=sys.stderr)
+    rate = len(frames) / (time.perf_counter() - start)
+    print(f"restored {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> x{restorer.scale} into "
+          f"{args.output} ({rate:.2f} frames/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

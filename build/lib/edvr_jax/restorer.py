@@ -1,0 +1,213 @@
+"""Restoring whole clips of any size: ``edvr_jax.load(path)`` -> ``Restorer``.
+
+A clip is restored frame by frame from sliding temporal windows (BasicSR's padding
+modes at the ends). Frames are padded to the model's size multiple and cropped back;
+large frames are cut into overlapping spatial tiles whose outputs are blended with
+linear ramps across the overlaps, so memory is bounded by the tile, not the frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edvr_jax.models.edvr import EDVR, TwoStageEDVR
+from edvr_jax.temporal import window_table
+
+
+def _pad_to(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[N, H, W, C]`` padded at the bottom/right to ``height x width`` by reflection (edge
+    repetition where the frame is too small to reflect)."""
+    n, h, w, c = frames.shape
+    ph, pw = height - h, width - w
+    if ph == 0 and pw == 0:
+        return frames
+    mode = "reflect" if ph < h and pw < w else "edge"
+    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Origins of tiles of ``tile`` covering ``[0, size)`` with at least ``overlap`` shared."""
+    if tile >= size:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return sorted(set(starts))
+
+
+def _ramp(length: int, starts: list[int], index: int, overlap: int, scale: int) -> np.ndarray:
+    """Blend weight along one axis of output tile ``index``: rising over the overlap with the
+    previous tile, falling over the overlap with the next, 1 elsewhere and at frame borders."""
+    w = np.ones(length, np.float32)
+    ramp_len = max(overlap * scale, 1)
+    pos = np.arange(length, dtype=np.float32) + 0.5
+    if index > 0:
+        w = np.minimum(w, pos / ramp_len)
+    if index < len(starts) - 1:
+        w = np.minimum(w, (length - pos) / ramp_len)
+    return np.clip(w, 1e-3, 1.0)
+
+
+@dataclasses.dataclass
+class StageRunner:
+    """One EDVR applied to every frame of a float clip, tiled when asked."""
+
+    model: EDVR
+    params: Any
+    batch_size: int = 1
+    tile: int | None = None  # LQ tile side (rounded up to the size multiple); None = whole frames
+    tile_overlap: int = 16  # LQ pixels
+    _apply: Callable | None = None
+
+    def __post_init__(self):
+        model = self.model
+        self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+
+    def _run(self, windows: np.ndarray) -> np.ndarray:
+        n = len(windows)
+        if n < self.batch_size:
+            windows = np.concatenate([windows, np.repeat(windows[-1:], self.batch_size - n, axis=0)])
+        return np.asarray(self._apply(self.params, jnp.asarray(windows)))[:n]
+
+    def frames(self, clip: np.ndarray, padding: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, float32 [sH, sW, 3])`` for every frame of ``clip`` (float32 ``[N, H, W, 3]``)."""
+        model, s, m = self.model, self.model.scale, self.model.size_multiple
+        n, h, w, _ = clip.shape
+        table = window_table(n, model.num_frame, padding)
+        if self.tile is None:
+            padded = _pad_to(clip, _round_up(h, m), _round_up(w, m))
+            for start in range(0, n, self.batch_size):
+                rows = table[start:start + self.batch_size]
+                out = self._run(padded[rows])
+                for i, frame in enumerate(out):
+                    yield start + i, frame[:h * s, :w * s]
+            return
+        ph, pw = _round_up(h, m), _round_up(w, m)
+        padded = _pad_to(clip, ph, pw)  # the same padding as untiled: only seams differ
+        tile = _round_up(self.tile, m)
+        th, tw = min(tile, ph), min(tile, pw)
+        overlap = min(self.tile_overlap, tile // 2)
+        ys, xs = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
+        boxes = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
+        weights = {(iy, ix): _ramp(th * s, ys, iy, overlap, s)[:, None] * _ramp(tw * s, xs, ix, overlap, s)[None, :]
+                   for iy, ix in boxes}
+        for f in range(n):
+            canvas = np.zeros((ph * s, pw * s, 3), np.float32)
+            total = np.zeros((ph * s, pw * s, 1), np.float32)
+            window = padded[table[f]]
+            for b in range(0, len(boxes), self.batch_size):
+                chunk = boxes[b:b + self.batch_size]
+                tiles = np.stack([window[:, ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw] for iy, ix in chunk])
+                for (iy, ix), out in zip(chunk, self._run(tiles)):
+                    wgt = weights[iy, ix][..., None]
+                    y0, x0 = ys[iy] * s, xs[ix] * s
+                    canvas[y0:y0 + th * s, x0:x0 + tw * s] += out * wgt
+                    total[y0:y0 + th * s, x0:x0 + tw * s] += wgt
+            canvas /= total  # in place: the canvas is the largest buffer here
+            yield f, canvas[:h * s, :w * s]
+
+
+class Restorer:
+    """A loaded EDVR (one- or two-stage) that restores clips.
+
+    ``restorer(frames)``: ``[N, H, W, 3]`` uint8 (or float in [0, 1]) -> the restored clip in
+    the same dtype kind, ``[N, sH, sW, 3]``. Any H, W; ``tile`` bounds memory on large frames.
+    """
+
+    def __init__(self, model: EDVR | TwoStageEDVR, params: Any, padding: str | None = None,
+                 batch_size: int = 1, tile: int | None = None, tile_overlap: int = 16):
+        self.model, self.params = model, params
+        hr = model.hr_in if isinstance(model, EDVR) else True
+        self.padding = padding or ("replicate" if hr else "reflection_circle")  # BasicSR's choice per task
+        self.batch_size, self.tile, self.tile_overlap = batch_size, tile, tile_overlap
+        if isinstance(model, TwoStageEDVR):
+            s1, s2 = model.stages()
+            self._stages = [StageRunner(s1, params["stage1"], batch_size, tile, tile_overlap),
+                            StageRunner(s2, params["stage2"], batch_size, tile, tile_overlap)]
+        else:
+            self._stages = [StageRunner(model, params, batch_size, tile, tile_overlap)]
+
+    @property
+    def num_frame(self) -> int:
+        return self.model.num_frame
+
+    @property
+    def scale(self) -> int:
+        return self._stages[0].model.scale * (self._stages[1].model.scale if len(self._stages) > 1 else 1)
+
+    def frames(self, clip: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, float32 frame)`` as each output frame is ready (stage 1 of a two-stage model
+        restores the whole clip first)."""
+        clip = np.asarray(clip)
+        if clip.ndim != 4 or clip.shape[-1] != 3:
+            raise ValueError(f"expected a clip [N, H, W, 3], got shape {clip.shape}")
+        need = self._stages[0].model.num_frame
+        if len(clip) < need:
+            raise ValueError(f"a clip of {len(clip)} frames is shorter than the model's {need}-frame window")
+        x = clip.astype(np.float32)
+        if clip.dtype == np.uint8:
+            x /= 255.0
+        for k, stage in enumerate(self._stages):
+            if k == len(self._stages) - 1:
+                yield from stage.frames(x, self.padding)
+            else:
+                x = np.stack([np.clip(out, 0, 1) for _, out in stage.frames(x, self.padding)])
+
+    def __call__(self, clip: np.ndarray) -> np.ndarray:
+        out = np.stack([frame for _, frame in self.frames(clip)])
+        if np.asarray(clip).dtype == np.uint8:
+            return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+        return out
+
+
+def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, Any]:
+    """``(model, params)`` from: an ``edvr_jax.convert`` / ``export --format params`` directory,
+    a train.py workdir (EMA parameters when it kept them), or a BasicSR ``.pth`` /
+    ``.safetensors`` file (with ``config.json`` beside a safetensors export, else the
+    architecture inferred from the keys)."""
+    from edvr_jax import checkpointing, convert
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; expected a checkpoint directory or a .pth/.safetensors file")
+    if path.is_file():
+        sd = convert.read_state_dict(path)
+        side = path.with_suffix(".json")
+        config = json.loads(side.read_text())["config"] if side.is_file() else convert.infer_config(sd)
+        model = EDVR(**config)
+        return model, convert.from_basicsr(sd, model)["params"]
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file} missing: {path} is not an edvr-jax checkpoint directory")
+    meta = json.loads(cfg_file.read_text())
+    if meta.get("model") == "EDVR":  # converted / exported parameters
+        model, variables = convert.load_converted(path)
+        return model, variables["params"]
+    if meta.get("model") == "TwoStageEDVR":
+        import orbax.checkpoint as ocp
+        model = TwoStageEDVR(stage1=meta["stage1"], stage2=meta["stage2"])
+        with ocp.StandardCheckpointer() as ckptr:
+            return model, jax.tree.map(np.asarray, ckptr.restore(path.absolute() / "params"))["params"]
+    if "model" in meta and isinstance(meta["model"], dict):  # a train.py run
+        model = EDVR(**meta["model"])
+        params = checkpointing.read_params(path, ema=bool(meta.get("ema_decay")))
+        return model, params
+    raise ValueError(f"{cfg_file}: not a config edvr-jax wrote (keys {sorted(meta)})")
+
+
+def load(path: str | os.PathLike, **options) -> Restorer:
+    """A ``Restorer`` for the checkpoint at ``path`` (see ``load_model``); ``options`` go to
+    ``Restorer`` (padding, batch_size, tile, tile_overlap)."""
+    model, params = load_model(path)
+    return Restorer(model, params, **options)
