@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 from edvr_jax import data, evaluation  # noqa: E402
 from edvr_jax.io import InputError, read_clip  # noqa: E402
-from edvr_jax.metrics import to_uint8  # noqa: E402
 from edvr_jax.restorer import load  # noqa: E402
 from edvr_jax.temporal import PADDING_MODES  # noqa: E402
 
@@ -113,7 +112,7 @@ def main(argv):
     def restore(clip):
         for f, out in restorer.frames(clip.lq):
             bar.update(1)
-            yield f, to_uint8(out)
+            yield f, out
 
     def on_frame(clip, f, out):
         if _SAVE_IMAGES.value:

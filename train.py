@@ -77,6 +77,7 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
 
     from edvr_jax import checkpointing, data, evaluation, optim, sharding
     from edvr_jax.models.edvr import EDVR
+    from edvr_jax.restorer import StageRunner
 
     lead = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -194,9 +195,11 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
             return {}
         params = state.get("ema_params", state["params"])
 
-        def apply_fn(x):
+        def apply_fn(params, x):
             return val_apply(params, multihost_utils.host_local_array_to_global_array(x, mesh, P()) if
                              jax.process_count() > 1 else jax.device_put(x, replicated))
+
+        runner = StageRunner(model, params, cfg.val_batch_size, apply_fn=apply_fn)
 
         shown = []
 
@@ -206,7 +209,7 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
                 shown.append((clip.name, panel))
 
         def restore(clip):
-            return evaluation.restore_frames(apply_fn, clip, model.num_frame, dc.val_padding, cfg.val_batch_size)
+            return runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding)
 
         results = evaluation.evaluate(restore, data.eval_clips(val_reader, dc.val_clips), reader.scale,
                                       dc.val_crop_border, on_frame=keep)

@@ -4,7 +4,7 @@ and then over clips, with the bicubic (SR) or input (deblur) baseline beside it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -38,30 +38,18 @@ class ClipResult:
         return {k: float(np.mean([f[k] for f in self.frames])) for k in self.frames[0]}
 
 
-def restore_frames(apply_fn: Callable[[np.ndarray], np.ndarray], clip: EvalClip, num_frame: int, padding: str,
-                   batch_size: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """``(frame index, uint8 output)`` for every frame of ``clip``; ``apply_fn`` maps float32
-    ``[batch_size, T, h, w, 3]`` to ``[batch_size, H, W, 3]`` (the last batch is padded)."""
-    table = clip.windows(num_frame, padding)
-    for start in range(0, len(table), batch_size):
-        rows = table[start:start + batch_size]
-        n = len(rows)
-        if n < batch_size:
-            rows = np.concatenate([rows, np.repeat(rows[-1:], batch_size - n, axis=0)])
-        out = np.asarray(apply_fn(clip.lq[rows].astype(np.float32) / 255.0))
-        for i in range(n):
-            yield start + i, to_uint8(out[i])
-
-
 def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
              scale: int, crop_border: int = 0,
              on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None) -> list[ClipResult]:
     """Metrics of every frame of every clip, model and baseline (``base_*``). ``restore(clip)``
-    yields ``(frame index, uint8 [H, W, 3] output)`` for every frame of the clip."""
+    yields ``(frame index, float [H, W, 3] output in [0, 1])`` for every frame of the clip
+    (e.g. ``Restorer.frames``); outputs are rounded to uint8 as BasicSR's ``tensor2img``,
+    and ``on_frame`` gets them so."""
     results = []
     for clip in clips:
         frames = {}
         for f, out in restore(clip):
+            out = to_uint8(out)
             gt = clip.gt[f]
             if out.shape != gt.shape:
                 raise ValueError(f"clip {clip.name} frame {f}: output {out.shape} but GT {gt.shape}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
@@ -61,40 +60,44 @@ def _ramp(length: int, starts: list[int], index: int, overlap: int, scale: int) 
 
 @dataclasses.dataclass
 class StageRunner:
-    """One EDVR applied to every frame of a float clip, tiled when asked."""
+    """One EDVR applied to every frame of a float clip, tiled when asked.
+
+    ``apply_fn(params, x)`` replaces the default ``jax.jit(model.apply)``, e.g. to run
+    on a device mesh; it gets numpy float32 ``[batch_size, T, h, w, 3]``.
+    """
 
     model: EDVR
     params: Any
     batch_size: int = 1
     tile: int | None = None  # LQ tile side (rounded up to the size multiple); None = whole frames
     tile_overlap: int = 16  # LQ pixels
-    _apply: Callable | None = None
+    apply_fn: Callable | None = None
 
     def __post_init__(self):
-        model = self.model
-        self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        if self.apply_fn is None:
+            model = self.model
+            self.apply_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
 
     def _run(self, windows: np.ndarray) -> np.ndarray:
+        """The model on up to ``batch_size`` windows; a short batch is padded so one compilation serves all."""
         n = len(windows)
         if n < self.batch_size:
             windows = np.concatenate([windows, np.repeat(windows[-1:], self.batch_size - n, axis=0)])
-        return np.asarray(self._apply(self.params, jnp.asarray(windows)))[:n]
+        return np.asarray(self.apply_fn(self.params, windows))[:n]
 
     def frames(self, clip: np.ndarray, padding: str) -> Iterator[tuple[int, np.ndarray]]:
         """``(index, float32 [sH, sW, 3])`` for every frame of ``clip`` (float32 ``[N, H, W, 3]``)."""
         model, s, m = self.model, self.model.scale, self.model.size_multiple
         n, h, w, _ = clip.shape
         table = window_table(n, model.num_frame, padding)
+        ph, pw = _round_up(h, m), _round_up(w, m)
+        padded = _pad_to(clip, ph, pw)  # tiled or not, the same padding: only tile seams differ
         if self.tile is None:
-            padded = _pad_to(clip, _round_up(h, m), _round_up(w, m))
             for start in range(0, n, self.batch_size):
-                rows = table[start:start + self.batch_size]
-                out = self._run(padded[rows])
+                out = self._run(padded[table[start:start + self.batch_size]])
                 for i, frame in enumerate(out):
                     yield start + i, frame[:h * s, :w * s]
             return
-        ph, pw = _round_up(h, m), _round_up(w, m)
-        padded = _pad_to(clip, ph, pw)  # the same padding as untiled: only seams differ
         tile = _round_up(self.tile, m)
         th, tw = min(tile, ph), min(tile, pw)
         overlap = min(self.tile_overlap, tile // 2)

@@ -9,9 +9,8 @@ import pytest
 from flax import traverse_util
 from golden_weights import VARIANTS, synthetic_state_dict
 
-from edvr_jax import EDVR, PRESETS, TwoStageEDVR, edvr_from_preset
+from edvr_jax import EDVR, PRESETS, Restorer, TwoStageEDVR, edvr_from_preset
 from edvr_jax.convert import basicsr_shapes, from_basicsr
-from edvr_jax.inference import restore_clip, restore_clip_two_stage
 from edvr_jax.models import DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion
 
 TINY = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1)
@@ -216,7 +215,7 @@ def test_two_stage_equals_composition():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
     clip = np.asarray(jax.random.uniform(jax.random.key(10), (9, 4, 8, 3)))
-    restored = restore_clip_two_stage(TWO_STAGE, variables, clip, padding="replicate", batch_size=2)
+    restored = Restorer(TWO_STAGE, variables["params"], padding="replicate", batch_size=2)(clip)
     assert restored.shape == (9, 16, 32, 3)
     np.testing.assert_allclose(restored[4], np.asarray(two_stage(variables, clip[None, 1:8]))[0],
                                rtol=1e-5, atol=1e-5)
@@ -224,10 +223,10 @@ def test_two_stage_equals_composition():
         jax.eval_shape(TWO_STAGE.init, jax.random.key(0), x[:, :5])
 
 
-def test_restore_clip_uses_padded_windows(tiny):
+def test_restorer_uses_padded_windows(tiny):
     model, variables, apply = tiny
     clip = np.asarray(jax.random.uniform(jax.random.key(11), (6, 8, 8, 3)))
-    out = restore_clip(model, variables, clip, padding="reflection_circle", batch_size=4)  # batches of 4 + 2
+    out = Restorer(model, variables["params"], padding="reflection_circle", batch_size=4)(clip)  # batches of 4 + 2
     assert out.shape == (6, 32, 32, 3)
     windows = [[4, 3, 0, 1, 2], [4, 0, 1, 2, 3], [0, 1, 2, 3, 4], [1, 2, 3, 4, 5], [2, 3, 4, 5, 1],
                [3, 4, 5, 2, 1]]  # BasicSR's generate_frame_indices(i, 6, 5, 'reflection_circle'), by hand

@@ -175,7 +175,7 @@ class TwoStageEDVR(nn.Module):
     plain EDVR tree (convertible with ``edvr_jax.convert``).
 
     To restore a whole clip without recomputing stage 1 for overlapping windows
-    use ``edvr_jax.inference.restore_clip_two_stage``.
+    use ``edvr_jax.Restorer``.
     """
 
     stage1: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PRESETS["edvr_l"]))
