@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         name="reds", config="sr_x4", data_dir="", manual_dir="",
         train_split="train", val_split="reds4",
-        gt_size=256, interval_list=[1], random_reverse=False, use_hflip=True, use_rot=True, centers="all",
+        gt_size=256, interval_list=(1,), random_reverse=False, use_hflip=True, use_rot=True, centers="all",
         worker_count=4,
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
 
@@ -31,16 +31,17 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(
         lr=4e-4, b1=0.9, b2=0.99, weight_decay=0.0,
-        periods=[50_000, 100_000, 150_000, 150_000, 150_000], restart_weights=[1.0, 1.0, 1.0, 1.0, 1.0],
+        periods=(50_000, 100_000, 150_000, 150_000, 150_000), restart_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
         eta_min=1e-7, tsa_iter=50_000, dcn_lr_mul=1.0, grad_clip=0.0))
     c.loss = ml_collections.ConfigDict(dict(eps=1e-12, reduction="sum"))
     c.ema_decay = 0.0  # BasicSR's ema_decay; 0 = no EMA
 
+    # Sequences are tuples so that the command line can override them: --config.optim.periods='(300, 600)'.
     # Mesh sizes (-1 = all remaining devices) and sharding rules: regex over parameter paths
     # (optimizer states reuse the names) -> PartitionSpec. Conv kernels are HWIO; the default
     # splits output channels over 'fsdp' (a no-op while fsdp == 1).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    c.sharding_rules = [(r"kernel$", (None, None, None, "fsdp"))]
+    c.sharding_rules = ((r"kernel$", (None, None, None, "fsdp")),)
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=5_000, keep=3, async_save=True))
     c.log_every = 100

@@ -16,8 +16,8 @@ def get_config():
     c.data.worker_count = 0
     c.batch_size = 4
     c.total_steps = 1_500
-    c.optim.periods = [1_500]
-    c.optim.restart_weights = [1.0]
+    c.optim.periods = (1_500,)
+    c.optim.restart_weights = (1.0,)
     c.optim.tsa_iter = 0
     c.checkpoint.every = 500
     c.log_every = 50

@@ -14,7 +14,7 @@ def get_config():
     c.data.config = "deblur"
     c.data.val_padding = "replicate"
     c.optim.lr = 2e-4
-    c.optim.periods = [150_000] * 4
-    c.optim.restart_weights = [1.0] * 4
+    c.optim.periods = (150_000,) * 4
+    c.optim.restart_weights = (1.0,) * 4
     c.optim.tsa_iter = 0
     return c

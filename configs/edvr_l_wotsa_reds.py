@@ -7,5 +7,5 @@ def get_config():
     c = edvr_m_wotsa_reds.get_config()
     c.model.num_feat = 128
     c.model.num_reconstruct_block = 40
-    c.optim.restart_weights = [1.0, 0.5, 0.5, 0.5]
+    c.optim.restart_weights = (1.0, 0.5, 0.5, 0.5)
     return c

@@ -6,7 +6,7 @@ from configs import default
 def get_config():
     c = default.get_config()
     c.model.with_tsa = False
-    c.optim.periods = [150_000] * 4
-    c.optim.restart_weights = [1.0] * 4
+    c.optim.periods = (150_000,) * 4
+    c.optim.restart_weights = (1.0,) * 4
     c.optim.tsa_iter = 0
     return c

@@ -309,3 +309,15 @@ def test_configs_build_their_models(name, params):
     assert cfg.batch_size > 0 and len(cfg.optim.periods) == len(cfg.optim.restart_weights)
     if cfg.optim.tsa_iter:
         assert cfg.model.with_tsa
+
+
+def test_sequence_fields_can_be_overridden_on_the_command_line():
+    script = ("from absl import app; from ml_collections import config_flags\n"
+              f"C = config_flags.DEFINE_config_file('config', {str(ROOT / 'configs' / 'demo.py')!r})\n"
+              "app.run(lambda _: print(tuple(C.value.optim.periods), tuple(C.value.optim.restart_weights), "
+              "tuple(C.value.data.interval_list)))\n")
+    proc = subprocess.run([sys.executable, "-c", script, "--config.optim.periods=(300, 600)",
+                           "--config.optim.restart_weights=(1.0, 0.5)", "--config.data.interval_list=(1, 2)"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(300, 600) (1.0, 0.5) (1, 2)"
