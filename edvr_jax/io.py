@@ -18,15 +18,33 @@ class InputError(ValueError):
     """An input clip that cannot be used as it is; the message names the file and the problem."""
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, error: type[Exception] = InputError) -> np.ndarray:
+    """Decodes an 8-bit RGB image file to uint8 ``[H, W, 3]``; a missing, undecodable or
+    non-RGB file raises ``error`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"missing frame: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode != "RGB":
-                raise InputError(f"{path} is a {img.mode!r} image; expected 8-bit RGB")
-            return np.asarray(img)
+            mode = img.mode
+            arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+        raise error(f"cannot decode {path}: {e}") from e
+    if mode != "RGB":
+        raise error(f"{path} is a {mode!r} image; expected 8-bit RGB")
+    return arr
+
+
+def list_frames(folder: Path, what: str, error: type[Exception] = InputError,
+                suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """The image files of one clip folder, in name order; an empty or missing folder raises ``error``."""
+    if not folder.is_dir():
+        raise error(f"missing {what} folder {folder}")
+    frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes)
+    if not frames:
+        raise error(f"{what} folder {folder} holds no frames (expected {', '.join(suffixes)} files)")
+    return frames
 
 
 def read_clip(path: str | os.PathLike) -> tuple[np.ndarray, list[str], float | None]:
@@ -34,12 +52,10 @@ def read_clip(path: str | os.PathLike) -> tuple[np.ndarray, list[str], float | N
     order) or a video file."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        files = list_frames(path, "clip")
         frames = []
         for f in files:
-            img = read_image(f)
+            img = read_rgb(f)
             if frames and img.shape != frames[0].shape:
                 raise InputError(f"{f} is {img.shape[1]}x{img.shape[0]} but {files[0].name} is "
                                  f"{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a clip must share one size")

@@ -240,7 +240,7 @@ def test_bad_inputs_give_clear_errors(tiny, exported, tmp_path):
     with pytest.raises(InputError, match="00009.png is 8x9 but 00000.png is 8x8"):
         read_clip(tmp_path / "short")
     (tmp_path / "short" / "00009.png").write_bytes(b"not a png")
-    with pytest.raises(InputError, match="cannot read .*00009.png"):
+    with pytest.raises(InputError, match="cannot decode .*00009.png"):
         read_clip(tmp_path / "short")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "short" / "00009.png")
     with pytest.raises(InputError, match="00009.png is a 'L' image; expected 8-bit RGB"):

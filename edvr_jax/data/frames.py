@@ -1,4 +1,5 @@
-"""Reading and checking the PNG frames that the dataset builders store."""
+"""Frame files as the dataset builders read them: ``edvr_jax.io``'s readers raising
+``DatasetError`` and limited to the dataset suffixes, and the PNG decoder for records."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from edvr_jax import io as clip_io
+
+DATASET_SUFFIXES = clip_io.IMAGE_SUFFIXES[:4]  # .png, .jpg, .jpeg, .bmp
 
 
 class DatasetError(ValueError):
@@ -15,20 +20,8 @@ class DatasetError(ValueError):
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decodes an 8-bit RGB image file to uint8 ``[H, W, 3]``; any other content is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing frame: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetError(f"cannot decode {path}: {e}") from e
-    if mode != "RGB":
-        raise DatasetError(f"{path} is a {mode!r} image; expected 8-bit RGB")
-    return arr
+    """uint8 ``[H, W, 3]`` of an 8-bit RGB frame file; anything else is a ``DatasetError``."""
+    return clip_io.read_rgb(path, DatasetError)
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -38,10 +31,5 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def list_frames(folder: Path, what: str) -> list[Path]:
-    """The image files of one clip folder, in name order; an empty or missing folder is an error."""
-    if not folder.is_dir():
-        raise DatasetError(f"missing {what} folder {folder}")
-    frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not frames:
-        raise DatasetError(f"{what} folder {folder} holds no frames (expected .png files)")
-    return frames
+    """The frame files of one clip folder, in name order; an empty or missing folder is a ``DatasetError``."""
+    return clip_io.list_frames(folder, what, DatasetError, DATASET_SUFFIXES)
