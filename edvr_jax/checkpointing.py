@@ -97,8 +97,7 @@ def read_params(path: str | Path, ema: bool = False) -> dict[str, Any]:
     if (path / "checkpoints").is_dir():
         path = path / "checkpoints"
     if (path / "config.json").is_file() and (path / "params").is_dir():  # an edvr_jax.convert directory
-        with ocp.StandardCheckpointer() as ckptr:
-            return dict(ckptr.restore(path.absolute() / "params"))["params"]
+        return jax.tree.map(np.asarray, convert.load_converted(path)[1]["params"])
     with ocp.CheckpointManager(path.absolute(), item_names=("state", "data")) as mngr:
         step = mngr.latest_step()
         if step is None:

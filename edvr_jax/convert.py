@@ -31,7 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edvr_jax.models.edvr import EDVR
+from edvr_jax.models.edvr import EDVR, TwoStageEDVR
+
+MODELS = {"EDVR": EDVR, "TwoStageEDVR": TwoStageEDVR}  # what a converted / exported directory may hold
 
 # Flax path (dot-joined) -> BasicSR key, applied in order to the module part of the path.
 _FLAX_TO_TORCH = [
@@ -201,8 +203,12 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
 
 
 def save_converted(out_dir: str | os.PathLike, variables: Mapping[str, Any], config: Mapping[str, Any],
-                   *, force: bool = False) -> Path:
-    """Writes ``config.json`` and an Orbax checkpoint ``params`` into ``out_dir``."""
+                   *, force: bool = False, model: str = "EDVR") -> Path:
+    """Writes ``config.json`` (``{'model': model, 'config': config}``) and an Orbax checkpoint
+    ``params`` into ``out_dir``. ``model``: ``'EDVR'`` or ``'TwoStageEDVR'`` (``config`` then
+    holds ``stage1`` and ``stage2``)."""
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
     import orbax.checkpoint as ocp
 
     out = Path(out_dir).absolute()
@@ -214,12 +220,13 @@ def save_converted(out_dir: str | os.PathLike, variables: Mapping[str, Any], con
     out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(out / "params", jax.tree.map(np.asarray, dict(variables)))
-    (out / "config.json").write_text(json.dumps({"model": "EDVR", "config": dict(config)}, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({"model": model, "config": dict(config)}, indent=2) + "\n")
     return out
 
 
-def load_converted(path: str | os.PathLike) -> tuple[EDVR, dict[str, Any]]:
-    """Reads what ``save_converted`` wrote: ``(EDVR model, variables)``."""
+def load_converted(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str, Any]]:
+    """Reads what ``save_converted`` wrote: ``(model, variables)``; parameters that do not fit
+    the config's model are an error naming them."""
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
@@ -227,9 +234,10 @@ def load_converted(path: str | os.PathLike) -> tuple[EDVR, dict[str, Any]]:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: missing; expected a directory written by edvr_jax.convert")
     meta = json.loads(cfg_file.read_text())
-    if meta.get("model") != "EDVR" or "config" not in meta:
-        raise ConversionError(f"{cfg_file}: expected {{'model': 'EDVR', 'config': {{...}}}}, got keys {sorted(meta)}")
-    model = EDVR(**meta["config"])
+    if meta.get("model") not in MODELS or "config" not in meta:
+        raise ConversionError(f"{cfg_file}: expected {{'model': 'EDVR' or 'TwoStageEDVR', 'config': {{...}}}}, "
+                              f"got {json.dumps(meta)[:200]}")
+    model = MODELS[meta["model"]](**meta["config"])
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 16, 16)))
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path / "params").item_metadata.tree
@@ -239,7 +247,7 @@ def load_converted(path: str | os.PathLike) -> tuple[EDVR, dict[str, Any]]:
                     for k, v in want.items() if k in have and tuple(have[k].shape) != tuple(v.shape)]
         missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
         if problems or missing or extra:
-            raise ConversionError(f"{path}: the parameters do not fit {cfg_file.name}'s EDVR({meta['config']}): "
+            raise ConversionError(f"{path}: the parameters do not fit {cfg_file.name}'s {meta['model']}({meta['config']}): "
                                   + "; ".join(problems[:5] + [f"missing {m}" for m in missing[:5]]
                                               + [f"unexpected {e}" for e in extra[:5]]))
         variables = ckptr.restore(path / "params", target)

@@ -37,15 +37,8 @@ def _check_single(model) -> EDVR:
 def export_params(model: EDVR | TwoStageEDVR, params: Any, out: Path, force: bool = False) -> Path:
     """Orbax parameters + ``config.json``; ``edvr_jax.load(out)`` reads it back (one- or two-stage)."""
     if isinstance(model, TwoStageEDVR):
-        import orbax.checkpoint as ocp
-        if out.exists() and any(out.iterdir()) and not force:
-            raise FileExistsError(f"{out} exists and is not empty; pass --force to overwrite")
-        out.mkdir(parents=True, exist_ok=True)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(out.absolute() / "params", {"params": jax.tree.map(np.asarray, params)}, force=force)
-        (out / "config.json").write_text(json.dumps({"model": "TwoStageEDVR", "stage1": dict(model.stage1),
-                                                     "stage2": dict(model.stage2)}, indent=2) + "\n")
-        return out
+        config = {"stage1": dict(model.stage1), "stage2": dict(model.stage2)}
+        return convert.save_converted(out, {"params": params}, config, force=force, model="TwoStageEDVR")
     return convert.save_converted(out, {"params": params}, _check_single(model).config(), force=force)
 
 

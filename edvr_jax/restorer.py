@@ -194,14 +194,9 @@ def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, Any]:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} missing: {path} is not an edvr-jax checkpoint directory")
     meta = json.loads(cfg_file.read_text())
-    if meta.get("model") == "EDVR":  # converted / exported parameters
+    if meta.get("model") in convert.MODELS:  # converted / exported parameters
         model, variables = convert.load_converted(path)
         return model, variables["params"]
-    if meta.get("model") == "TwoStageEDVR":
-        import orbax.checkpoint as ocp
-        model = TwoStageEDVR(stage1=meta["stage1"], stage2=meta["stage2"])
-        with ocp.StandardCheckpointer() as ckptr:
-            return model, jax.tree.map(np.asarray, ckptr.restore(path.absolute() / "params"))["params"]
     if "model" in meta and isinstance(meta["model"], dict):  # a train.py run
         model = EDVR(**meta["model"])
         params = checkpointing.read_params(path, ema=bool(meta.get("ema_decay")))
