@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from PIL import Image
 from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parent
@@ -117,10 +118,8 @@ def main(argv):
     def on_frame(clip, f, out):
         if _SAVE_IMAGES.value:
             (out_dir / clip.name).mkdir(exist_ok=True)
-            from PIL import Image
             Image.fromarray(out).save(out_dir / clip.name / f"{f:08d}.png")
         if _SIDE_BY_SIDE.value and f == len(clip.gt) // 2:
-            from PIL import Image
             panel = np.concatenate([evaluation.baseline(clip.lq[f], scale), out, clip.gt[f]], axis=1)
             Image.fromarray(panel).save(out_dir / f"{clip.name}_input_output_gt.png")
 

@@ -152,7 +152,7 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
                                              state["ema_params"], params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never step into NaN
-        offsets = {"/".join(str(k.key) for k in path[:-1]): v[0]
+        offsets = {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0]
                    for path, v in jax.tree_util.tree_leaves_with_path(inter, is_leaf=lambda x: isinstance(x, tuple))}
         mse = jnp.mean(jnp.square(jnp.clip(out, 0, 1) - batch["gt"]))
         metrics = {"loss": loss, "loss_per_pixel": loss / batch["gt"].size, "grad_norm": grad_norm,
@@ -188,6 +188,7 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
 
     # ------------------------------------------------------------------ evals
     writer = tf.summary.create_file_writer(str(workdir / "tensorboard")) if lead else None
+    baseline_cache = {}  # the baseline's metrics on the validation clips never change
     val_apply = jax.jit(lambda params, x: model.apply({"params": params}, x), out_shardings=replicated)
 
     def validate(step: int) -> dict:
@@ -212,7 +213,7 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
             return runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding)
 
         results = evaluation.evaluate(restore, data.eval_clips(val_reader, dc.val_clips), reader.scale,
-                                      dc.val_crop_border, on_frame=keep)
+                                      dc.val_crop_border, on_frame=keep, baseline_cache=baseline_cache)
         summary = evaluation.summarize(results)
         if writer is not None:
             with writer.as_default(step=step):

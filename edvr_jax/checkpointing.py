@@ -26,9 +26,15 @@ class ConfigMismatchError(ValueError):
     pass
 
 
+def _as_dict(cfg) -> dict[str, Any]:
+    return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
 def _flat(cfg) -> dict[str, Any]:
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return {".".join(k): v for k, v in traverse_util.flatten_dict(json.loads(json.dumps(d, default=list))).items()}
+    """Dot-joined keys; values as JSON gives them back (tuples become lists), so a config and
+    its saved ``config.json`` compare equal."""
+    plain = json.loads(json.dumps(_as_dict(cfg), default=list))
+    return {".".join(k): v for k, v in traverse_util.flatten_dict(plain).items()}
 
 
 def check_config(workdir: Path, cfg) -> None:
@@ -46,8 +52,7 @@ def check_config(workdir: Path, cfg) -> None:
                 + ", ".join(f"{k}: {old.get(k)!r} (run) vs {new.get(k)!r} (now)" for k in diff[:10])
                 + ". Use another --workdir, or the run's own config.")
     elif jax.process_index() == 0:
-        path.write_text(json.dumps(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg), indent=2,
-                                   default=list) + "\n")
+        path.write_text(json.dumps(_as_dict(cfg), indent=2, default=list) + "\n")
 
 
 def make_manager(directory: Path, cfg) -> ocp.CheckpointManager:

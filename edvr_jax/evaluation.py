@@ -40,11 +40,13 @@ class ClipResult:
 
 def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
              scale: int, crop_border: int = 0,
-             on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None) -> list[ClipResult]:
+             on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None,
+             baseline_cache: dict | None = None) -> list[ClipResult]:
     """Metrics of every frame of every clip, model and baseline (``base_*``). ``restore(clip)``
     yields ``(frame index, float [H, W, 3] output in [0, 1])`` for every frame of the clip
     (e.g. ``Restorer.frames``); outputs are rounded to uint8 as BasicSR's ``tensor2img``,
-    and ``on_frame`` gets them so."""
+    and ``on_frame`` gets them so. ``baseline_cache``: a dict kept across calls on the same
+    clips (periodic validation) so the baseline metrics are computed once."""
     results = []
     for clip in clips:
         frames = {}
@@ -54,7 +56,12 @@ def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], cl
             if out.shape != gt.shape:
                 raise ValueError(f"clip {clip.name} frame {f}: output {out.shape} but GT {gt.shape}")
             row = frame_metrics(out, gt, crop_border)
-            base = frame_metrics(baseline(clip.lq[f], scale), gt, crop_border)
+            key = (clip.name, f)
+            base = None if baseline_cache is None else baseline_cache.get(key)
+            if base is None:
+                base = frame_metrics(baseline(clip.lq[f], scale), gt, crop_border)
+                if baseline_cache is not None:
+                    baseline_cache[key] = base
             row.update({f"base_{k}": v for k, v in base.items()})
             frames[f] = row
             if on_frame is not None:

@@ -83,7 +83,7 @@ def param_labels(params: Any, tsa_iter: int, dcn_lr_mul: float) -> Any:
     ``lr * dcn_lr_mul``)."""
 
     def label(path, _):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         if tsa_iter and "fusion" in name:
             return "fusion"
         if dcn_lr_mul != 1 and re.search("dcn", name):

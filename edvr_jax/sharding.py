@@ -40,10 +40,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str | None]]]) -> Any:
     """A ``NamedSharding`` per leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s): the first rule whose
     regex matches the leaf's path (``params/pcd_align/dcn_pack_l1/kernel``, and the same
@@ -52,7 +48,7 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Sequence[st
     compiled = [(re.compile(r), tuple(spec)) for r, spec in rules]
 
     def one(path, leaf):
-        name = _path_name(path)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
         shape = getattr(leaf, "shape", ())
         for regex, spec in compiled:
             if regex.search(name):

@@ -19,9 +19,6 @@ import tensorflow_datasets as tfds
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.frames import DatasetError, read_rgb
 
-Frame = "Path | np.ndarray | None"
-
-
 @dataclasses.dataclass
 class Clip:
     """One clip to store. ``lq``/``gt`` hold a file path or a uint8 ``[H, W, 3]`` array per
@@ -43,6 +40,11 @@ class VideoConfig(tfds.core.BuilderConfig):
     """``scale``: GT size / LQ size (4 for SR, 1 for deblurring)."""
 
     scale: int = 4
+
+
+def _describe(clip: Clip, f: int, kind: str, item) -> str:
+    source = "bicubic of GT" if item is None else "array" if isinstance(item, np.ndarray) else item
+    return f"clip {clip.name} frame {f} {kind} ({source})"
 
 
 def _load(item, what: str) -> np.ndarray:
@@ -105,14 +107,9 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
         for clip in clips:
             size = None
             for f, (lq_item, gt_item) in enumerate(zip(clip.lq, clip.gt)):
-                gt_what = f"clip {clip.name} frame {f} GT ({gt_item if not isinstance(gt_item, np.ndarray) else 'array'})"
+                gt_what, lq_what = _describe(clip, f, "GT", gt_item), _describe(clip, f, "LQ", lq_item)
                 gt = _load(gt_item, gt_what)
-                if lq_item is None:
-                    lq = downsample_uint8(gt, scale)
-                    lq_what = f"clip {clip.name} frame {f} LQ (bicubic of GT)"
-                else:
-                    lq_what = f"clip {clip.name} frame {f} LQ ({lq_item if not isinstance(lq_item, np.ndarray) else 'array'})"
-                    lq = _load(lq_item, lq_what)
+                lq = downsample_uint8(gt, scale) if lq_item is None else _load(lq_item, lq_what)
                 if gt.shape[:2] != (lq.shape[0] * scale, lq.shape[1] * scale):
                     raise DatasetError(f"{gt_what} is {gt.shape[0]}x{gt.shape[1]} but {lq_what} is "
                                        f"{lq.shape[0]}x{lq.shape[1]}; expected GT = {scale} x LQ")

@@ -84,8 +84,9 @@ def _random_path(rng: np.random.Generator, start, speed: float) -> _Path:
                  np.deg2rad(rng.uniform(-0.4, 0.4)), rng.uniform(-0.006, 0.006))
 
 
-def render_clip(rng: np.random.Generator, photos: list[np.ndarray], config: DemoConfig) -> list[np.ndarray]:
-    """GT frames (uint8 ``[H, W, 3]``) and LQ frames of one clip."""
+def render_clip(rng: np.random.Generator, photos: list[np.ndarray],
+                config: DemoConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(GT frames, LQ frames)`` of one clip, uint8 ``[H, W, 3]`` each."""
     h, w = GT_SIZE
     grid = _grid(h, w)
     bg = photos[rng.integers(len(photos))]
@@ -113,23 +114,18 @@ def render_clip(rng: np.random.Generator, photos: list[np.ndarray], config: Demo
             img = alpha * _sample(tex, _affine(rel, tex_center, spin, 1.0)) + (1 - alpha) * img
         return img
 
+    to_uint8 = lambda img: np.clip(np.round(img), 0, 255).astype(np.uint8)  # noqa: E731
     gts, lqs = [], []
     for i in range(NUM_FRAMES):
         sharp = frame(float(i))
-        gts.append(np.clip(np.round(sharp), 0, 255).astype(np.uint8))
-        if config.blur:
-            # Exposure over 0.8 of the frame interval, centred on the sharp frame.
-            lq = np.mean([frame(i + dt) for dt in np.linspace(-0.4, 0.4, 9)], axis=0)
-        else:
-            lq = None
-        if lq is not None or config.noise_sigma:
-            base = lq if lq is not None else sharp
-            if config.scale != 1:
-                base = downsample_uint8(np.clip(np.round(base), 0, 255).astype(np.uint8), config.scale).astype(np.float64)
-            base = base + rng.normal(0, config.noise_sigma, base.shape) if config.noise_sigma else base
-            lqs.append(np.clip(np.round(base), 0, 255).astype(np.uint8))
-        else:
-            lqs.append(downsample_uint8(gts[-1], config.scale))
+        gts.append(to_uint8(sharp))
+        # Blur: exposure over 0.8 of the frame interval, centred on the sharp frame.
+        lq = np.mean([frame(i + dt) for dt in np.linspace(-0.4, 0.4, 9)], axis=0) if config.blur else sharp
+        if config.scale != 1:
+            lq = downsample_uint8(to_uint8(lq), config.scale).astype(np.float64)
+        if config.noise_sigma:
+            lq = lq + rng.normal(0, config.noise_sigma, lq.shape)
+        lqs.append(to_uint8(lq))
     return gts, lqs
 
 

@@ -1,10 +1,12 @@
 """The input pipeline: random training windows and full test clips, read at random from
 ``tfds.data_source`` and assembled by Grain.
 
-Training batches are a pure function of ``(seed, position)``: Grain's ``IndexSampler``
-shuffles record indices from the seed and gives every record its own RNG, so the
-batches do not depend on the worker count, and the iterator's state (a position)
-is saved and restored with Orbax (``grain.PyGrainCheckpointSave``) beside the model.
+Training batches are a pure function of ``(seed, batch index)``: each epoch is a
+permutation of the samples drawn from ``(seed, epoch)`` and cut into global batches,
+every sample gets its own RNG from ``(seed, epoch, position)``, and each process reads
+only its rows of a batch. So the batches do not depend on the worker or process count,
+and the iterator's state (a position) is saved and restored with Orbax
+(``grain.PyGrainCheckpointSave``) beside the model.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def _output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
 def _corner_terms(h: int, w: int, py: jax.Array, px: jax.Array, m: jax.Array):
     """Top-left table rows and bilinear terms of each sample; all [B, Ho, Wo, G, K].
 
-    Returns ``(top_left, ly, lx, mi)`` with ``mi`` the mask zeroed outside the image.
+    Returns ``(top_left, ly, lx, inside, mi)`` with ``mi`` the mask zeroed outside the image.
     Row ``top_left`` of the ``(H + 2) x (W + 2)`` padded image of each (batch,
     group) is the sample's top-left corner; the other corners are at ``+1``,
     ``+(W + 2)`` and ``+(W + 3)``.
@@ -59,7 +59,7 @@ def _corner_terms(h: int, w: int, py: jax.Array, px: jax.Array, m: jax.Array):
     x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
     plane = jnp.arange(b)[:, None, None, None, None] * groups + jnp.arange(groups)[None, None, None, :, None]
     top_left = (y0 + 1) * (w + 2) + (x0 + 1) + plane * ((h + 2) * (w + 2))
-    return top_left, py - y0f, px - x0f, m * inside
+    return top_left, py - y0f, px - x0f, inside, m * inside
 
 
 def _padded_table(x: jax.Array, groups: int) -> jax.Array:
@@ -82,7 +82,7 @@ def bilinear_columns(x: jax.Array, py: jax.Array, px: jax.Array, m: jax.Array) -
     groups = py.shape[3]
     cg = c // groups
     table = _padded_table(x, groups)
-    top_left, ly, lx, mi = _corner_terms(h, w, py, px, m)
+    top_left, ly, lx, _, mi = _corner_terms(h, w, py, px, m)
     hy, hx = 1.0 - ly, 1.0 - lx
     wp = w + 2
 
@@ -106,7 +106,7 @@ def _bilinear_columns_bwd(res, g_cols):
     groups = py.shape[3]
     cg = c // groups
     wp = w + 2
-    top_left, ly, lx, mi = _corner_terms(h, w, py, px, m)
+    top_left, ly, lx, inside, mi = _corner_terms(h, w, py, px, m)
     hy, hx = 1.0 - ly, 1.0 - lx
     g_cols = g_cols.astype(jnp.promote_types(x.dtype, jnp.float32))
 
@@ -118,7 +118,6 @@ def _bilinear_columns_bwd(res, g_cols):
     g00, g01, g10, g11 = (g_w[..., q] for q in range(4))
     g_py = (mi * (hx * (g10 - g00) + lx * (g11 - g01))).astype(py.dtype)
     g_px = (mi * (hy * (g01 - g00) + ly * (g11 - g10))).astype(px.dtype)
-    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
     g_m = (inside * (hy * hx * g00 + hy * lx * g01 + ly * hx * g10 + ly * lx * g11)).astype(m.dtype)
 
     # d/dx: one scatter-add of 4 * Cg-wide rows indexed by the top-left corner
