@@ -116,8 +116,8 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
     model.check_input((1, model.num_frame, lq_patch, lq_patch, 3))
     schedule = optim.cosine_annealing_restart(cfg.optim.lr, cfg.optim.periods, cfg.optim.restart_weights,
                                               cfg.optim.eta_min)
-    tx, _ = optim.make_optimizer(schedule, cfg.optim.b1, cfg.optim.b2, cfg.optim.weight_decay, cfg.optim.tsa_iter,
-                                 cfg.optim.dcn_lr_mul, cfg.optim.grad_clip or None)
+    tx = optim.make_optimizer(schedule, cfg.optim.b1, cfg.optim.b2, cfg.optim.weight_decay, cfg.optim.tsa_iter,
+                              cfg.optim.dcn_lr_mul, cfg.optim.grad_clip or None)
 
     def init_state(rng):
         params = model.init(rng, jnp.zeros(model.input_shape(1, lq_patch, lq_patch)))["params"]

@@ -95,7 +95,7 @@ def param_labels(params: Any, tsa_iter: int, dcn_lr_mul: float) -> Any:
 
 def make_optimizer(schedule, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0, tsa_iter: int = 0,
                    dcn_lr_mul: float = 1.0, grad_clip: float | None = None):
-    """``(tx, label_fn)``: Adam (BasicSR's betas) per parameter group. With ``tsa_iter``, BasicSR
+    """Adam (BasicSR's betas) per parameter group (``param_labels``). With ``tsa_iter``, BasicSR
     trains only ``fusion`` parameters for iterations ``1 .. tsa_iter - 1`` and all from
     ``tsa_iter`` on, i.e. the others start at update ``tsa_iter - 1`` (0-based)."""
 
@@ -109,8 +109,7 @@ def make_optimizer(schedule, b1: float = 0.9, b2: float = 0.99, weight_decay: fl
     if tsa_iter:
         groups["dcn"] = frozen_until(groups["dcn"], tsa_iter - 1)
         groups["other"] = frozen_until(groups["other"], tsa_iter - 1)
-    label_fn = lambda params: param_labels(params, tsa_iter, dcn_lr_mul)  # noqa: E731
-    tx = optax.multi_transform(groups, label_fn)
+    tx = optax.multi_transform(groups, lambda params: param_labels(params, tsa_iter, dcn_lr_mul))
     if grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)
-    return tx, label_fn
+    return tx

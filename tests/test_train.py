@@ -61,7 +61,7 @@ def test_tsa_iter_trains_only_fusion_then_all_with_fresh_adam():
     Adam moments and step count untouched until then (requires_grad=False)."""
     params = _toy_params()
     grads = jax.tree.map(lambda p: jnp.array([0.3, -2.0]), params)
-    tx, _ = make_optimizer(lambda n: 1e-2, tsa_iter=3)
+    tx = make_optimizer(lambda n: 1e-2, tsa_iter=3)
     state = tx.init(params)
     history = [params]
     for _ in range(3):
@@ -83,7 +83,7 @@ def test_dcn_lr_mul_scales_only_dcn_parameters():
     params = _toy_params()
     assert param_labels(params, 0, 0.5) == {"fusion": {"kernel": "other"}, "pcd_align": {"dcn_pack_l1": {"kernel": "dcn"}},
                                             "conv_first": {"kernel": "other"}}
-    tx, _ = make_optimizer(lambda n: 1e-2, dcn_lr_mul=0.5)
+    tx = make_optimizer(lambda n: 1e-2, dcn_lr_mul=0.5)
     grads = jax.tree.map(lambda p: jnp.array([1.0, -1.0]), params)
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["pcd_align"]["dcn_pack_l1"]["kernel"], [-5e-3, 5e-3], rtol=1e-5)
