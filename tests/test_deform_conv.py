@@ -129,14 +129,38 @@ def test_integer_offsets_shift_the_input():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_gradients_match_finite_differences():
-    x, offset, mask, kernel, bias = _random_case(3, b=1, h=5, w=6, c=4, groups=2, o=3, scale=1.5)
+@pytest.mark.parametrize("chunk_rows", [None, 2])
+def test_gradients_match_finite_differences(chunk_rows):
+    x, offset, mask, kernel, bias = _random_case(3, b=2, h=5, w=6, c=4, groups=2, o=3, scale=1.5)
     # Keep samples off integer coordinates, where bilinear sampling has kinks.
     offset = np.floor(offset) + 0.2 + 0.6 * np.random.default_rng(0).uniform(size=offset.shape)
     with jax.enable_x64(True):
         args = [jnp.asarray(a, jnp.float64) for a in (x, offset, mask, kernel, bias)]
-        check_grads(lambda *a: modulated_deform_conv(*a), args, order=1, modes=("rev",), eps=1e-5,
-                    atol=1e-6, rtol=1e-6)
+        check_grads(lambda *a: modulated_deform_conv(*a, chunk_rows=chunk_rows), args, order=1, modes=("rev",),
+                    eps=1e-5, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_rows,stride,pad,dil", [(1, 1, 1, 1), (3, 1, 1, 1), (2, 2, 0, 2), (5, 1, 2, 1)])
+def test_row_chunks_equal_one_chunk(chunk_rows, stride, pad, dil):
+    """The row-chunked loop (CPU default) gives the one-chunk values and gradients, a partial last chunk included."""
+    x, offset, mask, kernel, bias = _random_case(7, b=2, h=10, w=7, c=8, groups=2, o=5, stride=stride, pad=pad,
+                                                 dil=dil)
+    ho = offset.shape[1]
+    assert ho % chunk_rows or chunk_rows == 1  # exercises the zero-padded last chunk (or one row per step)
+
+    def loss(chunk, *args):
+        out = modulated_deform_conv(*args, stride=stride, padding=pad, dilation=dil, chunk_rows=chunk)
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+
+    (_, out), grads = jax.value_and_grad(loss, argnums=(1, 2, 3, 4, 5), has_aux=True)(
+        chunk_rows, x, offset, mask, kernel, bias)
+    (_, ref), ref_grads = jax.value_and_grad(loss, argnums=(1, 2, 3, 4, 5), has_aux=True)(
+        ho, x, offset, mask, kernel, bias)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), dcn_reference(x, offset, mask, kernel, bias, stride, pad, dil),
+                               rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, ref_grads):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5)
 
 
 def test_gradient_wrt_offset_is_the_image_gradient():
@@ -182,5 +206,7 @@ def test_shape_errors_are_clear():
         modulated_deform_conv(x, offset, mask[:, :-1], kernel, bias)
     with pytest.raises(ValueError, match="input channels"):
         modulated_deform_conv(x[..., :4], offset, mask, kernel, bias)
+    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
+        modulated_deform_conv(x, offset, mask, kernel, bias, chunk_rows=0)
     with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
         modulated_deform_conv(x[0], offset, mask, kernel, bias)

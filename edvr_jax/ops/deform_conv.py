@@ -13,22 +13,34 @@ Semantics are those of ``torchvision.ops.deform_conv2d`` (which BasicSR's
   zero when ``y <= -1``, ``y >= H``, ``x <= -1`` or ``x >= W``; otherwise it is
   bilinear with each corner that falls outside the image counted as zero.
 
-How it is computed: the zero-padded input is laid out once as a group-major
-table with one row of ``C / G`` channels per (batch, group, pixel). Four row
-gathers per (pixel, group, tap) fetch the bilinear corners; they are weighted
-and summed elementwise (one fused loop, the only large intermediate being the
-``[B, Ho, Wo, G, K, C/G]`` columns) and contracted with the kernel in one matmul.
-Out-of-image corners land in the zero border of the table. Sample
-coordinates and bilinear weights are computed in (at least) float32 whatever
-the input dtype, since bf16 cannot even represent pixel positions above 256.
+How it is computed, per image: the zero-padded NHWC input, reshaped, is a table
+with one row of ``C / G`` channels per (pixel, group). Four row gathers per
+(output pixel, group, tap) fetch the bilinear corners; they are weighted and
+summed elementwise in one fused loop into im2col columns ``[.., G, K, C/G]``, which
+one matmul contracts with the kernel. Out-of-image corners land in the zero
+border of the table. Sample coordinates and bilinear weights are computed in (at
+least) float32 whatever the input dtype, since bf16 cannot even represent pixel
+positions above 256.
+
+The output rows are processed in chunks (a ``lax.scan``), the columns of one
+chunk at a time: on CPU, where memory bandwidth is the limit, a chunk's columns
+(about 2 MB) stay in cache between the sampling loop and the matmul, and the
+full ``[B, Ho, Wo, G*K*C/G]`` columns (133 MB for EDVR's 64 channels at 180x320)
+are never materialised. On GPU/TPU the default is one chunk. The backward pass
+is written out (custom VJP, chunked the same way): it recomputes each chunk's
+corners instead of storing the columns, forms the offset and mask gradients in
+closed form, and scatter-adds corner-packed ``4 * C/G``-wide rows for the input
+gradient.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -42,100 +54,198 @@ def _output_size(size: int, k: int, stride: int, pad: int, dil: int) -> int:
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-def _corner_terms(h: int, w: int, py: jax.Array, px: jax.Array, m: jax.Array):
-    """Top-left table rows and bilinear terms of each sample; all [B, Ho, Wo, G, K].
+class _Geometry(NamedTuple):
+    """Static shape of one call (hashable: a ``nondiff_argnums`` argument of the custom VJP)."""
 
-    Returns ``(top_left, ly, lx, inside, mi)`` with ``mi`` the mask zeroed outside the image.
-    Row ``top_left`` of the ``(H + 2) x (W + 2)`` padded image of each (batch,
-    group) is the sample's top-left corner; the other corners are at ``+1``,
-    ``+(W + 2)`` and ``+(W + 3)``.
+    h: int
+    w: int
+    ho: int
+    wo: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    chunk: int  # output rows per scan step; ho is padded up to a multiple
+
+
+# Columns per chunk on CPU: 2**19 values (2 MiB in float32), a size measured to keep
+# the sampling loop's output in cache for the matmul (benchmarks/README.md).
+_CPU_CHUNK_VALUES = 1 << 19
+
+
+def _sample_terms(geo: _Geometry, row0: jax.Array, off: jax.Array, msk: jax.Array):
+    """Top-left table rows and bilinear terms of the samples of output rows ``row0 ...``.
+
+    ``off``: ``[R, Wo, G, K, 2]``, ``msk``: ``[R, Wo, G, K]`` (float32+), one image.
+    Returns ``(top_left, ly, lx, inside, mi)``, each ``[R, Wo, G, K]``, ``mi`` being the
+    mask zeroed outside the image. Row ``top_left`` of ``_table`` is the sample's
+    top-left corner in its group; the other corners are ``_corner_shifts`` further.
     """
-    b, _, _, groups, _ = py.shape
+    h, w, groups = geo.h, geo.w, geo.groups
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    # Static (NumPy) tap positions: XLA sees constants, not per-element div/mod.
+    tap_i, tap_j = np.divmod(np.arange(geo.kh * geo.kw), geo.kw)
+    arange = np.arange if isinstance(geo.wo, int) else jnp.arange  # jnp for symbolic (jax.export) widths
+    base_x = ((arange(geo.wo) * sw - pw)[:, None] + tap_j * dw).astype(np.float32)  # [Wo, K]
+    rows = row0 + jnp.arange(off.shape[0])
+    base_y = (rows * sh - ph)[:, None].astype(off.dtype) + (tap_i * dh).astype(np.float32)  # [R, K]
+    py = base_y[:, None, None, :] + off[..., 0]
+    px = base_x[None, :, None, :] + off[..., 1]
     inside = (py > -1) & (py < h) & (px > -1) & (px < w)
     y0f, x0f = jnp.floor(py), jnp.floor(px)
     # Inside the image y0 is in [-1, H-1]; clipping only moves samples that are
     # zeroed anyway onto valid rows.
     y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32)
     x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
-    plane = jnp.arange(b)[:, None, None, None, None] * groups + jnp.arange(groups)[None, None, None, :, None]
-    top_left = (y0 + 1) * (w + 2) + (x0 + 1) + plane * ((h + 2) * (w + 2))
-    return top_left, py - y0f, px - x0f, inside, m * inside
+    top_left = ((y0 + 1) * (w + 2) + (x0 + 1)) * groups + jnp.arange(groups)[:, None]
+    return top_left, py - y0f, px - x0f, inside, msk * inside
 
 
-def _padded_table(x: jax.Array, groups: int) -> jax.Array:
-    """``[B, H, W, C]`` -> ``[B * G * (H + 2) * (W + 2), C / G]``: zero-padded, group-major rows."""
-    b, h, w, c = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return jnp.transpose(xp.reshape(b, h + 2, w + 2, groups, c // groups), (0, 3, 1, 2, 4)).reshape(-1, c // groups)
+def _table(x: jax.Array, groups: int) -> jax.Array:
+    """``[H, W, C]`` -> ``[(H + 2) * (W + 2) * G, C / G]``: the zero-padded image, one row per (pixel, group).
 
-
-@jax.custom_vjp
-def bilinear_columns(x: jax.Array, py: jax.Array, px: jax.Array, m: jax.Array) -> jax.Array:
-    """Masked bilinear samples of ``x`` (``[B, H, W, C]``) at ``(py, px)``, per deformable group.
-
-    ``py, px, m``: ``[B, Ho, Wo, G, K]`` sample rows, columns and mask (float32+).
-    Returns ``[B, Ho, Wo, G, K, C / G]`` in ``x.dtype``: ``m * x_g(py, px)`` with
-    torchvision's border rules. The backward pass is written out: one packed
-    scatter-add for ``x``, closed forms for ``py``, ``px`` and ``m``.
+    A reshape of the padded NHWC array, not a transpose: the gathers read rows
+    straight from it. (A group-major transpose here is folded by XLA into the
+    gather as per-element index arithmetic, which made the op 1.7x slower.)
     """
-    b, h, w, c = x.shape
-    groups = py.shape[3]
-    cg = c // groups
-    table = _padded_table(x, groups)
-    top_left, ly, lx, _, mi = _corner_terms(h, w, py, px, m)
+    return jnp.pad(x, ((1, 1), (1, 1), (0, 0))).reshape(-1, x.shape[-1] // groups)
+
+
+def _corner_shifts(w: int, groups: int) -> tuple[int, int, int, int]:
+    """Row offsets from a top-left corner to its (0,0), (0,1), (1,0), (1,1) corners in ``_table``."""
+    return (0, groups, (w + 2) * groups, (w + 3) * groups)
+
+
+def _corner_weights(ly, lx, mi):
     hy, hx = 1.0 - ly, 1.0 - lx
-    wp = w + 2
-
-    def corner(shift: int, weight: jax.Array) -> jax.Array:
-        values = table.at[(top_left + shift).reshape(-1)].get(mode="promise_in_bounds")
-        return weight.astype(x.dtype)[..., None] * values.reshape(*py.shape, cg)
-
-    # Four row gathers, weighted and summed elementwise: XLA fuses them into one
-    # loop that writes only the columns.
-    return (corner(0, hy * hx * mi) + corner(1, hy * lx * mi)
-            + corner(wp, ly * hx * mi) + corner(wp + 1, ly * lx * mi))
+    return (hy * hx * mi, hy * lx * mi, ly * hx * mi, ly * lx * mi)
 
 
-def _bilinear_columns_fwd(x, py, px, m):
-    return bilinear_columns(x, py, px, m), (x, py, px, m)
+def _corners(table: jax.Array, top_left: jax.Array, geo: _Geometry) -> list[jax.Array]:
+    """The four corner rows of every sample: each ``top_left.shape + [C / G]``."""
+    return [table.at[(top_left + s).reshape(-1)].get(mode="promise_in_bounds").reshape(*top_left.shape, -1)
+            for s in _corner_shifts(geo.w, geo.groups)]
 
 
-def _bilinear_columns_bwd(res, g_cols):
-    x, py, px, m = res
-    b, h, w, c = x.shape
-    groups = py.shape[3]
+def _columns(corners, weights, dtype) -> jax.Array:
+    # Weighted and summed elementwise: XLA fuses the gathers and this into one loop
+    # that writes only the columns, the per-sample index and weight arithmetic
+    # hoisted out of the (unrolled) channel loop.
+    return sum(wq.astype(dtype)[..., None] * v for wq, v in zip(weights, corners))
+
+
+def _sum_minor(a: jax.Array) -> jax.Array:
+    """Sum over the last (small) axis by halving: XLA CPU's reduction over a minor axis of 8 is ~4x slower."""
+    while a.shape[-1] > 1:
+        n = a.shape[-1]
+        half = a[..., :n // 2] + a[..., n // 2:2 * (n // 2)]
+        a = jnp.concatenate([half, a[..., 2 * (n // 2):]], axis=-1) if n % 2 else half
+    return a[..., 0]
+
+
+def _chunks(a: jax.Array, chunk: int) -> jax.Array:
+    """``[Ho, ...]`` -> ``[Ho' / chunk, chunk, ...]``, zero-padding the rows up to a multiple of ``chunk``."""
+    pad = -a.shape[0] % chunk
+    a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+    return a.reshape(a.shape[0] // chunk, chunk, *a.shape[1:])
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _deform_conv_image(x, off, msk, wmat, geo: _Geometry):
+    """One image: ``x [H, W, C]``, ``off [Ho, Wo, G, K, 2]``, ``msk [Ho, Wo, G, K]`` (float32+),
+    ``wmat [G * K * C/G, O]`` -> ``[Ho, Wo, O]`` accumulated in float32+ (no bias)."""
+    return _deform_conv_image_fwd(x, off, msk, wmat, geo)[0]
+
+
+def _pipelined_scan(step, geo: _Geometry, off, msk, carry, xs=None):
+    """Runs ``step`` over the row chunks, each getting its chunk's sample terms precomputed.
+
+    ``step(carry, terms, x) -> (carry, y)`` with ``terms = _sample_terms(...)`` and
+    ``x`` the chunk of ``xs`` (``[Ho, ...]``, or None). Returns the final carry and the
+    ``y`` stacked over chunks. In the ``lax.scan``, step ``i`` computes the terms of
+    chunk ``i + 1`` and hands them on in the loop carry. The point is the loop
+    boundary: XLA would otherwise fuse the floor/clip/weight arithmetic into every
+    consumer and, in loops over the flat columns, redo it for every channel of
+    every sample. One chunk (the default off CPU, and for symbolic shapes) runs
+    without a loop.
+    """
+    r = geo.chunk
+    if r == geo.ho:
+        carry, y = step(carry, _sample_terms(geo, 0, off, msk), xs)
+        return carry, jax.tree.map(lambda a: a[None], y)
+    off_chunks, msk_chunks = _chunks(off, r), _chunks(msk, r)
+    n = off_chunks.shape[0]
+    terms_of = lambda i: _sample_terms(geo, i * r, off_chunks[i], msk_chunks[i])  # noqa: E731
+
+    def body(state, inputs):
+        carry, terms = state
+        i, x = inputs
+        carry, y = step(carry, terms, x)
+        return (carry, terms_of(jnp.minimum(i + 1, n - 1))), y
+
+    xs = None if xs is None else _chunks(xs, r)
+    (carry, _), ys = jax.lax.scan(body, (carry, terms_of(0)), (jnp.arange(n), xs))
+    return carry, ys
+
+
+def _deform_conv_image_fwd(x, off, msk, wmat, geo):
+    table = _table(x, geo.groups)
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+
+    def step(carry, terms, _):
+        top_left, ly, lx, _, mi = terms
+        cols = _columns(_corners(table, top_left, geo), _corner_weights(ly, lx, mi), x.dtype)
+        return carry, jnp.dot(cols.reshape(-1, wmat.shape[0]), wmat, preferred_element_type=acc_t)
+
+    _, out = _pipelined_scan(step, geo, off, msk, None)
+    out = out.reshape(-1, geo.wo, wmat.shape[1])[:geo.ho]
+    return out, (x, off, msk, wmat)
+
+
+def _deform_conv_image_bwd(geo, res, g_out):
+    x, off, msk, wmat = res
+    h, w, c = x.shape
+    groups = geo.groups
     cg = c // groups
-    wp = w + 2
-    top_left, ly, lx, inside, mi = _corner_terms(h, w, py, px, m)
-    hy, hx = 1.0 - ly, 1.0 - lx
-    g_cols = g_cols.astype(jnp.promote_types(x.dtype, jnp.float32))
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    table = _table(x, groups)
+    g_out = g_out.astype(acc_t)
+    wmat_t = wmat.astype(acc_t).T
 
-    # d/d(corner weight q) = <g_cols, corner value q> over the group's channels.
-    table = _padded_table(x, groups)
-    packed = jnp.stack([table.at[(top_left + s).reshape(-1)].get(mode="promise_in_bounds")
-                        for s in (0, 1, wp, wp + 1)], axis=1).reshape(*py.shape, 4, cg)
-    g_w = jnp.einsum("...qc,...c->...q", packed.astype(g_cols.dtype), g_cols)
-    g00, g01, g10, g11 = (g_w[..., q] for q in range(4))
-    g_py = (mi * (hx * (g10 - g00) + lx * (g11 - g01))).astype(py.dtype)
-    g_px = (mi * (hy * (g01 - g00) + ly * (g11 - g10))).astype(px.dtype)
-    g_m = (inside * (hy * hx * g00 + hy * lx * g01 + ly * hx * g10 + ly * lx * g11)).astype(m.dtype)
+    def step(carry, terms, g_c):
+        g_rows, g_wmat = carry
+        top_left, ly, lx, inside, mi = terms
+        corners = _corners(table, top_left, geo)
+        g_c = g_c.reshape(-1, g_c.shape[-1])
+        # Kernel: columns (recomputed, never stored) against the output gradient.
+        cols = _columns(corners, _corner_weights(ly, lx, mi), x.dtype).reshape(g_c.shape[0], -1).astype(acc_t)
+        g_wmat = g_wmat + jax.lax.dot_general(cols, g_c, (((0,), (0,)), ((), ())), preferred_element_type=acc_t)
+        g_cols = jnp.dot(g_c, wmat_t).reshape(top_left.shape + (cg,))
+        # Offsets and mask: <g_cols, d cols / d(py, px, m)> over each group's channels, with
+        # d cols / d py = m * (hx * (v10 - v00) + lx * (v11 - v01)) etc. (v: corner rows).
+        v00, v01, v10, v11 = (v.astype(acc_t) for v in corners)
+        hy, hx, ly_, lx_ = ((1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None])
+        g_py = mi * _sum_minor(g_cols * (hx * (v10 - v00) + lx_ * (v11 - v01)))
+        g_px = mi * _sum_minor(g_cols * (hy * (v01 - v00) + ly_ * (v11 - v10)))
+        g_msk = inside * _sum_minor(g_cols * (hy * (hx * v00 + lx_ * v01) + ly_ * (hx * v10 + lx_ * v11)))
+        # Input: each corner's weighted column gradient scatter-added into its table row.
+        for wq, s in zip(_corner_weights(ly, lx, mi), _corner_shifts(geo.w, groups)):
+            g_rows = g_rows.at[(top_left + s).reshape(-1)].add((wq[..., None] * g_cols).reshape(-1, cg),
+                                                                mode="promise_in_bounds")
+        return (g_rows, g_wmat), (g_py, g_px, g_msk)
 
-    # d/dx: one scatter-add of 4 * Cg-wide rows indexed by the top-left corner
-    # (a table over top-left positions), then the four shifted corner planes summed.
-    weights = jnp.stack([hy * hx, hy * lx, ly * hx, ly * lx], axis=-1) * mi[..., None]
-    contrib = (weights[..., None] * g_cols[..., None, :]).reshape(-1, 4 * cg)
-    g_packed = jnp.zeros((b * groups * (h + 2) * wp, 4 * cg), g_cols.dtype).at[top_left.reshape(-1)].add(contrib)
-    g_packed = g_packed.reshape(b, groups, h + 2, wp, 4, cg)
-    # Corner q of top-left (ty, tx) is padded pixel (ty + dy, tx + dx); top-left rows
-    # never exceed H (resp. W), so shifting by one stays inside the padded grid.
-    shift = lambda a, dy, dx: jnp.pad(a[:, :, :h + 2 - dy, :wp - dx], ((0, 0), (0, 0), (dy, 0), (dx, 0), (0, 0)))  # noqa: E731
-    g_xp = (g_packed[..., 0, :] + shift(g_packed[..., 1, :], 0, 1)
-            + shift(g_packed[..., 2, :], 1, 0) + shift(g_packed[..., 3, :], 1, 1))
-    g_x = jnp.transpose(g_xp[:, :, 1:-1, 1:-1], (0, 2, 3, 1, 4)).reshape(b, h, w, c).astype(x.dtype)
-    return g_x, g_py, g_px, g_m
+    init = (jnp.zeros(((h + 2) * (w + 2) * groups, cg), acc_t), jnp.zeros(wmat.shape, acc_t))
+    (g_rows, g_wmat), (g_py, g_px, g_msk) = _pipelined_scan(step, geo, off, msk, init, g_out)
+    g_off = jnp.stack([g_py, g_px], axis=-1)
+    g_x = g_rows.reshape(h + 2, w + 2, c)[1:-1, 1:-1].astype(x.dtype)
+    g_off = g_off.reshape(-1, *off.shape[1:])[:geo.ho].astype(off.dtype)
+    g_msk = g_msk.reshape(-1, *msk.shape[1:])[:geo.ho].astype(msk.dtype)
+    return g_x, g_off, g_msk, g_wmat.astype(wmat.dtype)
 
 
-bilinear_columns.defvjp(_bilinear_columns_fwd, _bilinear_columns_bwd)
+_deform_conv_image.defvjp(_deform_conv_image_fwd, _deform_conv_image_bwd)
 
 
 def modulated_deform_conv(
@@ -148,6 +258,7 @@ def modulated_deform_conv(
     stride: int | Sequence[int] = 1,
     padding: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
+    chunk_rows: int | None = None,
 ) -> jax.Array:
     """DCNv2: ``sum_k w_k * mask_k * x(p + p_k + offset_k)`` (+ bias).
 
@@ -159,6 +270,9 @@ def modulated_deform_conv(
       kernel: ``[kh, kw, C, O]`` (Flax ``Conv`` layout).
       bias: ``[O]`` or None.
       stride, padding, dilation: as ``torch.nn.Conv2d`` (int or (h, w) pair).
+      chunk_rows: output rows per step of the sampling loop (all ``B`` images
+        at once). None: on CPU, rows worth about 2 MiB of columns; elsewhere all
+        rows in one step. The result does not depend on it.
 
     Returns:
       ``[B, Ho, Wo, O]`` in ``x.dtype`` (accumulated in float32 or wider).
@@ -192,24 +306,26 @@ def modulated_deform_conv(
         raise ValueError(f"{c} input channels do not split into {groups} deformable groups")
     if bias is not None and bias.shape != (out_ch,):
         raise ValueError(f"bias must be [{out_ch}], got {bias.shape}")
-    cg = c // groups
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if not all(isinstance(d, int) for d in (b, ho, wo)):  # symbolic shapes (jax.export): one chunk
+        chunk = ho
+    elif chunk_rows is None:
+        chunk = max(1, _CPU_CHUNK_VALUES // (b * wo * k * c)) if jax.default_backend() == "cpu" else ho
+        chunk = min(chunk, ho)
+    else:
+        chunk = min(int(chunk_rows), ho)
+    geo = _Geometry(h, w, ho, wo, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups, chunk)
     # Coordinates, weights and accumulation in at least float32 (float64 stays float64).
     coord_t = jnp.promote_types(offset.dtype, jnp.float32)
     acc_t = jnp.promote_types(x.dtype, jnp.float32)
-
-    # Sample positions: [B, Ho, Wo, G, K].
     off = offset.astype(coord_t).reshape(b, ho, wo, groups, k, 2)
-    tap_i, tap_j = jnp.divmod(jnp.arange(k), kw)
-    base_y = (jnp.arange(ho) * sh - ph)[:, None] + tap_i * dh  # [Ho, K]
-    base_x = (jnp.arange(wo) * sw - pw)[:, None] + tap_j * dw  # [Wo, K]
-    py = base_y[None, :, None, None, :] + off[..., 0]
-    px = base_x[None, None, :, None, :] + off[..., 1]
     m = mask.astype(coord_t).reshape(b, ho, wo, groups, k)
-    cols = bilinear_columns(x, py, px, m)
     # One matmul over (g, k, c); the kernel is reordered to match, not the columns.
+    cg = c // groups
     wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
-    out = jnp.dot(cols.reshape(b * ho * wo, groups * k * cg), wmat.reshape(groups * k * cg, out_ch),
-                  preferred_element_type=acc_t).reshape(b, ho, wo, out_ch)
+    wmat = wmat.reshape(groups * k * cg, out_ch)
+    out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
     if bias is not None:
         out = out + bias.astype(acc_t)
     return out.astype(x.dtype)
