@@ -22,15 +22,17 @@ border of the table. Sample coordinates and bilinear weights are computed in (at
 least) float32 whatever the input dtype, since bf16 cannot even represent pixel
 positions above 256.
 
-The output rows are processed in chunks (a ``lax.scan``), the columns of one
-chunk at a time: on CPU, where memory bandwidth is the limit, a chunk's columns
-(about 2 MB) stay in cache between the sampling loop and the matmul, and the
-full ``[B, Ho, Wo, G*K*C/G]`` columns (133 MB for EDVR's 64 channels at 180x320)
-are never materialised. On GPU/TPU the default is one chunk. The backward pass
-is written out (custom VJP, chunked the same way): it recomputes each chunk's
-corners instead of storing the columns, forms the offset and mask gradients in
-closed form, and scatter-adds corner-packed ``4 * C/G``-wide rows for the input
-gradient.
+The images are handled by ``vmap`` (batched gathers and scatters, which the SPMD
+partitioner keeps on the devices holding each image), and each image's output
+rows in chunks by a ``lax.scan``: on CPU, where memory bandwidth is the limit
+(7 GB/s on the 2-core machine of benchmarks/README.md), a chunk's columns (a few
+MB) stay in cache between the sampling loop and the matmul, and the full
+``[B, Ho, Wo, G*K*C/G]`` columns (133 MB per image for EDVR's 64 channels at
+180x320) are never materialised. On GPU/TPU the default is one chunk. The
+backward pass is written out (custom VJP, chunked the same way): it recomputes
+each chunk's corners instead of storing the columns, forms the offset and mask
+gradients in closed form, and scatter-adds each corner's weighted column
+gradient into the input's table rows.
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ class _Geometry(NamedTuple):
     chunk: int  # output rows per scan step; ho is padded up to a multiple
 
 
-# Columns per chunk on CPU: 2**19 values (2 MiB in float32), a size measured to keep
-# the sampling loop's output in cache for the matmul (benchmarks/README.md).
+# Rows per chunk on CPU: at least two, and at least 2**19 column values (2 MiB in
+# float32). Measured on a 2-core EPYC (benchmarks/README.md): one-row chunks are
+# 1.2-1.6x slower (per-step overhead), chunks far beyond the cache lose the
+# cache reuse; in between the time is flat within noise.
 _CPU_CHUNK_VALUES = 1 << 19
 
 
@@ -271,8 +275,8 @@ def modulated_deform_conv(
       bias: ``[O]`` or None.
       stride, padding, dilation: as ``torch.nn.Conv2d`` (int or (h, w) pair).
       chunk_rows: output rows per step of the sampling loop (all ``B`` images
-        at once). None: on CPU, rows worth about 2 MiB of columns; elsewhere all
-        rows in one step. The result does not depend on it.
+        at once). None: on CPU, two rows or more, about 2 MiB of columns or more;
+        elsewhere all rows in one step. The result does not depend on it.
 
     Returns:
       ``[B, Ho, Wo, O]`` in ``x.dtype`` (accumulated in float32 or wider).
@@ -311,7 +315,7 @@ def modulated_deform_conv(
     if not all(isinstance(d, int) for d in (b, ho, wo)):  # symbolic shapes (jax.export): one chunk
         chunk = ho
     elif chunk_rows is None:
-        chunk = max(1, _CPU_CHUNK_VALUES // (b * wo * k * c)) if jax.default_backend() == "cpu" else ho
+        chunk = max(2, _CPU_CHUNK_VALUES // (b * wo * k * c)) if jax.default_backend() == "cpu" else ho
         chunk = min(chunk, ho)
     else:
         chunk = min(int(chunk_rows), ho)
