@@ -194,7 +194,7 @@ def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, Any]:
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} missing: {path} is not an edvr-jax checkpoint directory")
     meta = json.loads(cfg_file.read_text())
-    if meta.get("model") in convert.MODELS:  # converted / exported parameters
+    if isinstance(meta.get("model"), str) and meta["model"] in convert.MODELS:  # converted / exported parameters
         model, variables = convert.load_converted(path)
         return model, variables["params"]
     if "model" in meta and isinstance(meta["model"], dict):  # a train.py run

@@ -19,7 +19,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from edvr_jax import checkpointing
+from edvr_jax import checkpointing, load, load_model
 from edvr_jax.optim import charbonnier, cosine_annealing_restart, make_optimizer, param_labels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +184,18 @@ def reference_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("ref")
     _run(workdir, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4")
     return workdir
+
+
+def test_a_train_workdir_loads_for_inference(reference_run):
+    """What eval.py and the restore CLI do with a train.py workdir: its final params, its model."""
+    model, params = load_model(reference_run)
+    jax.tree.map(np.testing.assert_array_equal, params, checkpointing.read_params(reference_run))
+    assert (model.num_feat, model.deformable_groups, model.num_frame) == (8, 2, 5)
+    clip = np.random.default_rng(0).uniform(size=(5, 8, 12, 3)).astype(np.float32)
+    out = load(reference_run)(clip)
+    direct = model.apply({"params": params}, jnp.asarray(clip)[None])[0]  # frame 2's window is the clip itself
+    assert out.shape == (5, 32, 48, 3)
+    np.testing.assert_allclose(out[2], np.asarray(direct), rtol=1e-5, atol=1e-5)
 
 
 def test_same_loss_curve_on_8_devices_data_parallel_and_fsdp(reference_run, data_dir, tmp_path):
