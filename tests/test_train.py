@@ -208,8 +208,19 @@ def test_same_loss_curve_on_8_devices_data_parallel_and_fsdp(reference_run, data
     for run in (dp, fsdp):
         got = _losses(run)
         np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
-    a, b = _final_params(reference_run), _final_params(fsdp)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-3, atol=2e-5), a, b)
+    # Parameters: the runs differ only in the order of the gradient sums. Where a gradient
+    # element is near zero, Adam's normalised step (~lr * sign) can then differ by a
+    # fraction of a step, so elements are held to one step (lr = 4e-4) and the whole
+    # to a relative L2 distance of 1e-4 (measured: 1.9e-5, while steps 8 -> 12 move them
+    # 1.2e-2). One element differed by 3e-5 on one machine, which broke an earlier
+    # elementwise rtol 2e-3 / atol 2e-5.
+    a = jax.tree.leaves(_final_params(reference_run))
+    for run in (dp, fsdp):
+        b = jax.tree.leaves(_final_params(run))
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=0, atol=4e-4)
+        dist = np.sqrt(sum(np.sum((np.asarray(x) - np.asarray(y)) ** 2) for x, y in zip(a, b)))
+        assert dist / np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in a)) < 1e-4, run
 
 
 def _free_port() -> int:
