@@ -34,13 +34,20 @@ RESULTS = ROOT / "benchmarks" / "results.jsonl"
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
+    info = {}
+    try:  # the first processor's fields: "AMD EPYC" alone hides a 2x spread (Zen 3 AVX2 vs Zen 4 AVX-512)
+        for line in open("/proc/cpuinfo"):
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    except OSError:
         pass
+    flags = set(info.get("flags", "").split())
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
     import flax
-    return dict(cpu=cpu, cores=os.cpu_count(), backend=jax.default_backend(), device=str(jax.devices()[0]),
+    return dict(cpu=info.get("model name", "unknown"), cpu_family=info.get("cpu family"), cpu_model=info.get("model"),
+                isa=isa, cores=os.cpu_count(), backend=jax.default_backend(), device=str(jax.devices()[0]),
                 python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
