@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,13 +23,10 @@ from absl import app, flags
 from PIL import Image
 from ml_collections import config_flags
 
-ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-
-from edvr_jax import data, evaluation  # noqa: E402
-from edvr_jax.io import InputError, read_clip  # noqa: E402
-from edvr_jax.restorer import load  # noqa: E402
-from edvr_jax.temporal import PADDING_MODES  # noqa: E402
+from edvr_jax import data, evaluation
+from edvr_jax.io import InputError, read_clip
+from edvr_jax.restorer import load
+from edvr_jax.temporal import PADDING_MODES
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A train.py config: its dataset, data config, "
                                           "validation padding and crop border become the defaults.")

@@ -12,8 +12,8 @@ CLI::
     python -m edvr_jax.convert EDVR_L_x4_SR_REDS_official-9f5f5039.pth OUT_DIR [--key params_ema]
 
 reads a BasicSR ``.pth`` (needs the optional CPU torch: ``pip install torch==2.13.0``)
-or ``.safetensors`` file and writes ``OUT_DIR/config.json`` + ``OUT_DIR/params``
-(an Orbax checkpoint of ``{'params': ...}``), loadable with ``load_converted``.
+or ``.safetensors`` file and writes an edvr-jax weights directory (``config.json`` +
+Orbax ``params``, see ``edvr_jax.weights``), loadable with ``edvr_jax.load``.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edvr_jax.models.edvr import EDVR, TwoStageEDVR
-
-MODELS = {"EDVR": EDVR, "TwoStageEDVR": TwoStageEDVR}  # what a converted / exported directory may hold
+from edvr_jax.models.edvr import EDVR
 
 # Flax path (dot-joined) -> BasicSR key, applied in order to the module part of the path.
 _FLAX_TO_TORCH = [
@@ -143,32 +141,56 @@ def basicsr_shapes(model: EDVR) -> dict[str, tuple[int, ...]]:
     return {torch_key(k): _torch_shape(s) for k, s in param_shapes(model).items()}
 
 
+def checked_float32(key: str, value: Any) -> np.ndarray:
+    """A state-dict value as float32, refusing what would silently make garbage: non-float
+    dtypes (integer, bool, complex) and non-finite values, each named with its key."""
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating) and str(arr.dtype) != "bfloat16":
+        raise ConversionError(f"{key}: dtype {arr.dtype}; EDVR weights must be floating point")
+    arr = arr.astype(np.float32)
+    bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ConversionError(f"{key}: {bad} of {arr.size} values are not finite (NaN or inf)")
+    return arr
+
+
+def state_dict_to_flax(state_dict: Mapping[str, Any], paths) -> tuple[dict[tuple[str, ...], np.ndarray], list[str]]:
+    """``(flat, unexpected)``: the entries of a BasicSR state dict whose key names one of the Flax
+    ``paths``, converted to that path's layout (checked by ``checked_float32``), and the keys
+    that name none. Shapes are not checked here."""
+    by_key = {torch_key(tuple(p)): tuple(p) for p in paths}
+    flat, unexpected = {}, []
+    for key, value in strip_module_prefix(state_dict).items():
+        if key in by_key:
+            flat[by_key[key]] = _to_flax(checked_float32(key, value))
+        else:
+            unexpected.append(key)
+    return flat, sorted(unexpected)
+
+
 def from_basicsr(state_dict: Mapping[str, Any], model: EDVR | None = None) -> dict[str, Any]:
     """BasicSR EDVR state dict (key -> array) to the variables ``model.apply`` takes.
 
     ``model`` defaults to the EDVR ``infer_config`` finds. Every key must be used
-    and every parameter given, with matching shapes; otherwise ConversionError
-    names the keys. Values are returned as float32 numpy arrays.
+    and every parameter given, with matching shapes and finite floating-point values;
+    otherwise ConversionError names the keys. Values are returned as float32 numpy arrays.
     """
     state_dict = strip_module_prefix(state_dict)
     if model is None:
         model = EDVR(**infer_config(state_dict))
     expected = param_shapes(model)
-    by_key = {torch_key(path): path for path in expected}
-    unknown = sorted(set(state_dict) - set(by_key))
-    missing = sorted(set(by_key) - set(state_dict))
+    missing = sorted(torch_key(p) for p in expected if torch_key(p) not in state_dict)
+    unknown = sorted(set(state_dict) - {torch_key(p) for p in expected})
     if unknown or missing:
         raise ConversionError(
             f"state dict does not fit EDVR({model.config()}): "
             + (f"unexpected keys {unknown[:8]}{' ...' if len(unknown) > 8 else ''} " if unknown else "")
             + (f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else ""))
-    flat = {}
-    for key, path in by_key.items():
-        value = np.asarray(state_dict[key], dtype=np.float32)
-        want = _torch_shape(expected[path])
-        if value.shape != want:
-            raise ConversionError(f"{key}: shape {value.shape} does not match the model's {want}")
-        flat[path] = _to_flax(value)
+    for path, shape in expected.items():
+        have = tuple(np.shape(state_dict[torch_key(path)]))
+        if have != _torch_shape(shape):
+            raise ConversionError(f"{torch_key(path)}: shape {have} does not match the model's {_torch_shape(shape)}")
+    flat, _ = state_dict_to_flax(state_dict, expected)
     return {"params": traverse_util.unflatten_dict(flat)}
 
 
@@ -182,76 +204,49 @@ def to_basicsr(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- files
 
 
+STATE_DICT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
 def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-    """Reads a BasicSR ``.pth`` (torch, optional dependency) or ``.safetensors`` file."""
+    """Reads a BasicSR ``.pth`` (torch, optional dependency; tensors only, never arbitrary
+    pickled objects) or ``.safetensors`` file. A missing, truncated or refused file raises
+    FileNotFoundError / ConversionError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
-        obj: Mapping[str, Any] = load_file(str(path))
+        try:
+            obj: Mapping[str, Any] = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
     elif path.suffix in (".pth", ".pt", ".ckpt"):
         try:
             import torch
         except ImportError as e:
             raise ImportError(f"reading {path} needs PyTorch (CPU build is enough): pip install torch==2.13.0") from e
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        import pickle
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused an object: we never load arbitrary pickles
+            raise ConversionError(f"{path}: holds objects other than tensors and plain containers, which "
+                                  f"edvr-jax does not unpickle (a checkpoint of weights only is expected)") from e
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     else:
-        raise ConversionError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .pth or .safetensors")
+        raise ConversionError(f"{path}: unknown checkpoint type {path.suffix!r}; expected "
+                              f"{', '.join(STATE_DICT_SUFFIXES)}")
     sd = unwrap_checkpoint(obj, key, source=str(path))
-    return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in sd.items()}
+    return {k: _numpy(v) for k, v in sd.items()}
 
 
-def save_converted(out_dir: str | os.PathLike, variables: Mapping[str, Any], config: Mapping[str, Any],
-                   *, force: bool = False, model: str = "EDVR") -> Path:
-    """Writes ``config.json`` (``{'model': model, 'config': config}``) and an Orbax checkpoint
-    ``params`` into ``out_dir``. ``model``: ``'EDVR'`` or ``'TwoStageEDVR'`` (``config`` then
-    holds ``stage1`` and ``stage2``)."""
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
-    import orbax.checkpoint as ocp
-
-    out = Path(out_dir).absolute()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty; pass --force to overwrite")
-        import shutil
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(out / "params", jax.tree.map(np.asarray, dict(variables)))
-    (out / "config.json").write_text(json.dumps({"model": model, "config": dict(config)}, indent=2) + "\n")
-    return out
-
-
-def load_converted(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str, Any]]:
-    """Reads what ``save_converted`` wrote: ``(model, variables)``; parameters that do not fit
-    the config's model are an error naming them."""
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file}: missing; expected a directory written by edvr_jax.convert")
-    meta = json.loads(cfg_file.read_text())
-    if meta.get("model") not in MODELS or "config" not in meta:
-        raise ConversionError(f"{cfg_file}: expected {{'model': 'EDVR' or 'TwoStageEDVR', 'config': {{...}}}}, "
-                              f"got {json.dumps(meta)[:200]}")
-    model = MODELS[meta["model"]](**meta["config"])
-    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 16, 16)))
-    with ocp.StandardCheckpointer() as ckptr:
-        saved = ckptr.metadata(path / "params").item_metadata.tree
-        want = traverse_util.flatten_dict(dict(target), sep="/")
-        have = traverse_util.flatten_dict(dict(saved), sep="/")
-        problems = [f"{k}: saved {tuple(have[k].shape)}, config wants {tuple(v.shape)}"
-                    for k, v in want.items() if k in have and tuple(have[k].shape) != tuple(v.shape)]
-        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-        if problems or missing or extra:
-            raise ConversionError(f"{path}: the parameters do not fit {cfg_file.name}'s {meta['model']}({meta['config']}): "
-                                  + "; ".join(problems[:5] + [f"missing {m}" for m in missing[:5]]
-                                              + [f"unexpected {e}" for e in extra[:5]]))
-        variables = ckptr.restore(path / "params", target)
-    return model, variables
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; NumPy has no bfloat16, so those widen to float32
+        value = value.detach().cpu()
+        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+    return np.asarray(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--center-frame-idx", type=int, default=None, help="if the model used a non-default centre")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
     args = parser.parse_args(argv)
+    from edvr_jax import weights
+
     try:
         sd = read_state_dict(args.input, args.key)
         config = infer_config(sd)
         config["center_frame_idx"] = args.center_frame_idx
-        variables = from_basicsr(sd, EDVR(**config))
-        out = save_converted(args.output, variables, config, force=args.force)
+        model = EDVR(**config)
+        variables = from_basicsr(sd, model)
+        out = weights.save_weights(args.output, model, variables["params"], force=args.force)
     except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

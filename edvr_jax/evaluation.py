@@ -10,7 +10,8 @@ import numpy as np
 
 from edvr_jax.data.bicubic import imresize
 from edvr_jax.data.pipeline import EvalClip
-from edvr_jax.metrics import psnr, ssim, to_uint8
+from edvr_jax.io import to_uint8
+from edvr_jax.metrics import psnr, ssim
 
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edvr_jax import convert
+from edvr_jax import convert, weights
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 
 
@@ -35,11 +35,9 @@ def _check_single(model) -> EDVR:
 
 
 def export_params(model: EDVR | TwoStageEDVR, params: Any, out: Path, force: bool = False) -> Path:
-    """Orbax parameters + ``config.json``; ``edvr_jax.load(out)`` reads it back (one- or two-stage)."""
-    if isinstance(model, TwoStageEDVR):
-        config = {"stage1": dict(model.stage1), "stage2": dict(model.stage2)}
-        return convert.save_converted(out, {"params": params}, config, force=force, model="TwoStageEDVR")
-    return convert.save_converted(out, {"params": params}, _check_single(model).config(), force=force)
+    """An edvr-jax weights directory (``edvr_jax.weights``); ``edvr_jax.load(out)`` reads it back
+    (one- or two-stage)."""
+    return weights.save_weights(out, model, params, force=force)
 
 
 def export_safetensors(model: EDVR, params: Any, out: Path) -> Path:
@@ -102,14 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=sorted(FORMATS), default="params")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
     args = parser.parse_args(argv)
-    from edvr_jax.restorer import load_model
-
     out = Path(args.out)
     if out.exists() and not args.force:
         print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
         return 2
     try:
-        model, params = load_model(args.checkpoint)
+        model, params = weights.load_model(args.checkpoint)
         if args.format == "params":
             export_params(model, params, out, force=args.force)
         else:

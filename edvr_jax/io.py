@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
+
+
+def to_uint8(img: np.ndarray, scale: float = 255.0) -> np.ndarray:
+    """An image with values in [0, 1] (or [0, 255 / scale]) -> uint8, rounded half to even and
+    clipped as BasicSR's ``tensor2img`` does."""
+    return np.clip(np.round(np.asarray(img, np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 class InputError(ValueError):
@@ -122,10 +126,3 @@ class Writer:
             if self.path.exists():
                 shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
             self.partial.rename(self.path)
-
-
-def write_frames(path: str | os.PathLike, frames: Iterable[np.ndarray], names: Iterable[str]) -> None:
-    writer = Writer(path, overwrite=True)
-    for frame, name in zip(frames, names):
-        writer.write(frame, name)
-    writer.close(ok=True)

@@ -5,11 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1] -> uint8, rounded as BasicSR's ``tensor2img`` does."""
-    return np.clip(np.round(np.asarray(img, np.float64) * 255.0), 0, 255).astype(np.uint8)
-
-
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """BT.601 luma of an RGB image in [0, 255] (BasicSR's ``bgr2ycbcr(y_only=True)``): range [16, 235]."""
     img = np.asarray(img, np.float64) / 255.0

@@ -5,7 +5,7 @@ which only the fusion module trains."""
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,32 +51,6 @@ def cosine_annealing_restart(base_lr: float, periods: Sequence[int], restart_wei
     return schedule
 
 
-class FrozenState(NamedTuple):
-    count: jax.Array
-    inner: Any
-
-
-def frozen_until(inner: optax.GradientTransformation, step: int) -> optax.GradientTransformation:
-    """``inner`` applied from update ``step`` on; before it the parameters do not move and
-    ``inner``'s state (Adam moments and step count) is untouched, as for PyTorch parameters
-    with ``requires_grad=False``."""
-
-    def init(params):
-        return FrozenState(jnp.zeros([], jnp.int32), inner.init(params))
-
-    def update(updates, state, params=None):
-        def run(_):
-            return inner.update(updates, state.inner, params)
-
-        def skip(_):
-            return jax.tree.map(jnp.zeros_like, updates), state.inner
-
-        new_updates, new_inner = jax.lax.cond(state.count >= step, run, skip, None)
-        return new_updates, FrozenState(state.count + 1, new_inner)
-
-    return optax.GradientTransformation(init, update)
-
-
 def param_labels(params: Any, tsa_iter: int, dcn_lr_mul: float) -> Any:
     """``'fusion'``, ``'dcn'`` or ``'other'`` per parameter, from its path (BasicSR's rules: a
     name containing ``fusion`` trains during ``tsa_iter``; one containing ``dcn`` gets
@@ -106,9 +80,12 @@ def make_optimizer(schedule, b1: float = 0.9, b2: float = 0.99, weight_decay: fl
         return optax.adam(lr, b1=b1, b2=b2)
 
     groups = {"fusion": adam(1.0), "dcn": adam(dcn_lr_mul), "other": adam(1.0)}
-    if tsa_iter:
-        groups["dcn"] = frozen_until(groups["dcn"], tsa_iter - 1)
-        groups["other"] = frozen_until(groups["other"], tsa_iter - 1)
+    if tsa_iter:  # before it: no update, and the Adam moments and count untouched (requires_grad=False)
+        def after_warmup(count):
+            return count >= tsa_iter - 1
+
+        groups["dcn"] = optax.transforms.conditionally_mask(groups["dcn"], after_warmup)
+        groups["other"] = optax.transforms.conditionally_mask(groups["other"], after_warmup)
     tx = optax.multi_transform(groups, lambda params: param_labels(params, tsa_iter, dcn_lr_mul))
     if grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(grad_clip), tx)

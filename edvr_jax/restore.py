@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 
-from edvr_jax.io import InputError, Writer, read_clip
-from edvr_jax.metrics import to_uint8
+from edvr_jax.io import InputError, Writer, read_clip, to_uint8
 from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
 

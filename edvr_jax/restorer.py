@@ -9,7 +9,6 @@ linear ramps across the overlaps, so memory is bounded by the tile, not the fram
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,6 +16,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from edvr_jax.io import to_uint8
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 from edvr_jax.temporal import window_table
 
@@ -170,42 +170,15 @@ class Restorer:
     def __call__(self, clip: np.ndarray) -> np.ndarray:
         out = np.stack([frame for _, frame in self.frames(clip)])
         if np.asarray(clip).dtype == np.uint8:
-            return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+            return to_uint8(out)
         return out
 
 
-def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, Any]:
-    """``(model, params)`` from: an ``edvr_jax.convert`` / ``export --format params`` directory,
-    a train.py workdir (EMA parameters when it kept them), or a BasicSR ``.pth`` /
-    ``.safetensors`` file (with ``config.json`` beside a safetensors export, else the
-    architecture inferred from the keys)."""
-    from edvr_jax import checkpointing, convert
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; expected a checkpoint directory or a .pth/.safetensors file")
-    if path.is_file():
-        sd = convert.read_state_dict(path)
-        side = path.with_suffix(".json")
-        config = json.loads(side.read_text())["config"] if side.is_file() else convert.infer_config(sd)
-        model = EDVR(**config)
-        return model, convert.from_basicsr(sd, model)["params"]
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{cfg_file} missing: {path} is not an edvr-jax checkpoint directory")
-    meta = json.loads(cfg_file.read_text())
-    if isinstance(meta.get("model"), str) and meta["model"] in convert.MODELS:  # converted / exported parameters
-        model, variables = convert.load_converted(path)
-        return model, variables["params"]
-    if "model" in meta and isinstance(meta["model"], dict):  # a train.py run
-        model = EDVR(**meta["model"])
-        params = checkpointing.read_params(path, ema=bool(meta.get("ema_decay")))
-        return model, params
-    raise ValueError(f"{cfg_file}: not a config edvr-jax wrote (keys {sorted(meta)})")
-
-
 def load(path: str | os.PathLike, **options) -> Restorer:
-    """A ``Restorer`` for the checkpoint at ``path`` (see ``load_model``); ``options`` go to
-    ``Restorer`` (padding, batch_size, tile, tile_overlap)."""
-    model, params = load_model(path)
+    """A ``Restorer`` for the weights at ``path``, any kind ``edvr_jax.weights.load_model`` reads
+    (a train.py run, an edvr-jax weights directory, a BasicSR .pth/.safetensors); ``options`` go
+    to ``Restorer`` (padding, batch_size, tile, tile_overlap)."""
+    from edvr_jax import weights
+
+    model, params = weights.load_model(path)
     return Restorer(model, params, **options)

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -5,11 +6,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Tests run on CPU; keep XLA from grabbing every core for its thread pool twice.
+# Tests run on CPU, with 8 host devices so that meshes of 1, 2 x 4 and 8 devices can be
+# compared in one process. Set before JAX starts its backend.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 sys.path.insert(0, str(Path(__file__).parent))
 
+ROOT = Path(__file__).resolve().parent.parent
 GOLDENS = Path(__file__).parent / "data" / "basicsr_goldens.npz"
+
+
+def load_config(arg: str | None = None, **overrides):
+    """``configs/edvr.py``'s ``get_config(arg)`` with dotted-field overrides (``{'model.num_feat': 8}``)."""
+    spec = importlib.util.spec_from_file_location("edvr_config", ROOT / "configs" / "edvr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(arg)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return cfg
+
+
+#: The tiny run every training test uses, in-process and through train.py.
+TINY = {"model.num_feat": 8, "model.deformable_groups": 2, "model.num_extract_block": 1,
+        "model.num_reconstruct_block": 1, "data.gt_size": 32, "batch_size": 8, "log_every": 1, "eval_every": 0,
+        "total_steps": 12, "checkpoint.every": 4}
+
+
+def tiny_config(data_dir, **overrides):
+    return load_config("demo", **{**TINY, "data.data_dir": data_dir, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +55,21 @@ def demo_builder(tmp_path_factory):
     from edvr_jax.data import load_builder
 
     return load_builder("demo", data_dir=str(tmp_path_factory.mktemp("tfds")))
+
+
+@pytest.fixture(scope="session")
+def data_dir(demo_builder):
+    """The TFDS data dir holding the demo set."""
+    return str(Path(demo_builder.data_dir).parents[2])
+
+
+@pytest.fixture(scope="session")
+def reference_run(data_dir, tmp_path_factory):
+    """12 uninterrupted steps of the tiny run on one device, checkpoint every 4, in this process."""
+    import jax
+
+    from edvr_jax import training
+
+    workdir = tmp_path_factory.mktemp("ref")
+    training.train(tiny_config(data_dir), workdir, devices=jax.devices()[:1])
+    return workdir

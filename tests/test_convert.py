@@ -8,7 +8,8 @@ import pytest
 from golden_weights import VARIANTS, synthetic_state_dict
 
 from edvr_jax import EDVR
-from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, load_converted, main,
+from edvr_jax.weights import load_weights
+from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, main,
                               to_basicsr, torch_key, unwrap_checkpoint)
 
 
@@ -110,7 +111,8 @@ def test_cli_safetensors_to_orbax(tmp_path, goldens, capsys):
     assert main([str(src), str(out), "--center-frame-idx", "1"]) == 0
     assert "3,316,515 parameters" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["config"]["center_frame_idx"] == 1
-    model, variables = load_converted(out)
+    model, params = load_weights(out)
+    variables = {"params": params}
     assert model.config() == EDVR(**cfg).config()
     x = np.transpose(goldens[f"{name}/x"], (0, 1, 3, 4, 2))
     ref = np.transpose(goldens[f"{name}/y"], (0, 2, 3, 1))
@@ -138,5 +140,6 @@ def test_cli_pth(tmp_path, capsys, sd_m):
         return
     torch.save({"params": {k: torch.from_numpy(v) for k, v in sd_m.items()}}, str(src))
     assert main([str(src), str(tmp_path / "out")]) == 0
-    _, variables = load_converted(tmp_path / "out")
+    _, params = load_weights(tmp_path / "out")
+    variables = {"params": params}
     np.testing.assert_array_equal(to_basicsr(variables)["conv_first.weight"], sd_m["conv_first.weight"])

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from edvr_jax.data import (ClipReader, DatasetError, EdvrReds, EdvrVid4, EdvrVimeo90k, WindowSpec, eval_clips,
-                           eval_windows, train_loader)
+                           train_loader)
 from edvr_jax.data.bicubic import downsample_uint8, imresize
 from edvr_jax.data.demo import DemoConfig, photo, render_clip
+from edvr_jax.temporal import window_table
 
 import tensorflow_datasets as tfds
 
@@ -213,6 +214,12 @@ def test_training_windows_are_aligned_and_follow_the_interval(coded_reader):
 def test_same_seed_same_batches_any_worker_count(coded_reader):
     spec = WindowSpec(num_frame=3, gt_size=16)
 
+    from absl import flags
+
+    with pytest.raises(ValueError, match="read absl flags"):
+        train_loader(coded_reader, spec, 4, seed=1, worker_count=2)
+    flags.FLAGS(["pytest"], known_only=True)  # what absl.app.run does in train.py
+
     def take(seed, workers, n=6):
         loader = train_loader(coded_reader, spec, 4, seed=seed, worker_count=workers)
         it = iter(loader)
@@ -269,12 +276,15 @@ def test_clip_shorter_than_the_window_is_an_error(coded_reader):
 
 
 def test_test_windows_use_the_padding_modes(coded_reader):
-    windows = list(eval_windows(coded_reader, 5, "reflection_circle"))
-    assert len(windows) == 24 and windows[0]["clip"] == "000"
-    frames = [int(v) for v in np.round(windows[0]["lq"][:, 0, 0, 2] * 255) % 10]
-    assert frames == [4, 3, 0, 1, 2]
-    last = next(w for w in windows if w["clip"] == "020" and w["frame"] == 5)
-    assert [int(v) % 10 for v in np.round(last["lq"][:, 0, 0, 2] * 255)] == [3, 4, 5, 2, 1]
-    rep = list(eval_windows(coded_reader, 5, "replicate"))[1]
-    assert [int(v) % 10 for v in np.round(rep["lq"][:, 0, 0, 2] * 255)] == [0, 0, 1, 2, 3]
-    np.testing.assert_array_equal(np.round(rep["gt"] * 255)[::4, ::4], np.round(rep["lq"][2] * 255))
+    """The windows the restorer cuts from whole test clips (window_table over eval_clips)."""
+    clips = {c.name: c for c in eval_clips(coded_reader)}
+    assert sum(len(c.lq) for c in clips.values()) == 24 and list(clips)[0] == "000"
+
+    def frames_of(clip, f, padding):
+        rows = window_table(len(clip.lq), 5, padding)[f]
+        return [int(v) % 10 for v in clip.lq[rows][:, 0, 0, 2]]
+
+    assert frames_of(clips["000"], 0, "reflection_circle") == [4, 3, 0, 1, 2]
+    assert frames_of(clips["020"], 5, "reflection_circle") == [3, 4, 5, 2, 1]
+    assert frames_of(clips["000"], 1, "replicate") == [0, 0, 1, 2, 3]
+    np.testing.assert_array_equal(clips["000"].gt[1][::4, ::4], clips["000"].lq[1])

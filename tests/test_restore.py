@@ -13,8 +13,8 @@ from PIL import Image
 from edvr_jax import EDVR, Restorer, init_variables, load
 from edvr_jax.evaluation import baseline
 from edvr_jax.export import export_jax, export_params, export_safetensors, export_savedmodel
-from edvr_jax.io import InputError, Writer, read_clip
-from edvr_jax.metrics import psnr, rgb_to_y, ssim, to_uint8
+from edvr_jax.io import InputError, Writer, read_clip, to_uint8
+from edvr_jax.metrics import psnr, rgb_to_y, ssim
 from edvr_jax.restorer import tile_starts
 from edvr_jax.temporal import window_table
 

@@ -1,32 +1,22 @@
-"""The training recipe (loss, schedule, TSA warm-up, dcn_lr_mul), checkpoints, and train.py
-end to end: 1 vs 8 devices, FSDP, 2 processes, exact resume after SIGKILL, SIGTERM, NaN stop."""
+"""The training recipe (loss, schedule, TSA warm-up, dcn_lr_mul), checkpoints and the training
+library in-process: the step on 1 vs 8 devices (data parallel and FSDP), a whole run, loading it
+for inference, non-finite stops, configs. Process-level behaviour (SIGKILL/SIGTERM, 2 processes)
+is in test_train_process.py."""
 
-import importlib
-import json
+import functools
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
+from conftest import TINY, load_config, tiny_config
 
-from edvr_jax import checkpointing, load, load_model
+from edvr_jax import EDVR, checkpointing, init_variables, load, load_model, metric_log, sharding, training, weights
 from edvr_jax.optim import charbonnier, cosine_annealing_restart, make_optimizer, param_labels
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--config.model.num_feat=8", "--config.model.deformable_groups=2", "--config.model.num_extract_block=1",
-        "--config.model.num_reconstruct_block=1", "--config.data.gt_size=32", "--config.batch_size=8",
-        "--config.log_every=1", "--config.eval_every=0", "--noprogress"]
+SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
 
 
 # --- recipe ------------------------------------------------------------------------------------
@@ -64,11 +54,16 @@ def test_tsa_iter_trains_only_fusion_then_all_with_fresh_adam():
     grads = jax.tree.map(lambda p: jnp.array([0.3, -2.0]), params)
     tx = make_optimizer(lambda n: 1e-2, tsa_iter=3)
     state = tx.init(params)
+    initial_state = state
     history = [params]
     for _ in range(3):
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         history.append(params)
+        if len(history) == 3:  # after iterations 1 and 2 the frozen groups' Adam states are as initialised
+            for group in ("dcn", "other"):
+                jax.tree.map(np.testing.assert_array_equal, state.inner_states[group].inner_state.inner_state,
+                             initial_state.inner_states[group].inner_state.inner_state)
     for it in (1, 2):  # iterations 1 and 2: fusion moves, the rest stay
         assert not np.allclose(history[it]["fusion"]["kernel"], history[it - 1]["fusion"]["kernel"])
         np.testing.assert_array_equal(history[it]["conv_first"]["kernel"], 1.0)
@@ -93,13 +88,6 @@ def test_dcn_lr_mul_scales_only_dcn_parameters():
 
 # --- checkpoints -------------------------------------------------------------------------------
 
-def _cfg(**kw):
-    c = ml_collections.ConfigDict({"checkpoint": {"every": 2, "keep": 2, "async_save": False}, "model": {"num_feat": 8},
-                                   "total_steps": 10})
-    c.update(kw)
-    return c
-
-
 def test_keeps_the_last_k_and_the_best_and_skips_unfinished_saves(tmp_path):
     import grain.python as grain
 
@@ -107,7 +95,7 @@ def test_keeps_the_last_k_and_the_best_and_skips_unfinished_saves(tmp_path):
                                sampler=grain.IndexSampler(100, grain.NoSharding(), shuffle=False, num_epochs=1)))
     state = {"w": jnp.zeros(3)}
     psnr = {2: 20.0, 4: 25.0, 6: 22.0, 8: 21.0, 10: 20.5}
-    with checkpointing.make_manager(tmp_path / "ckpt", _cfg()) as mngr:
+    with checkpointing.make_manager(tmp_path / "ckpt", every=2, keep=2, async_save=False) as mngr:
         for step in range(1, 11):
             state = {"w": state["w"] + 1}
             checkpointing.save(mngr, step, state, it, {"val_psnr": psnr[step]} if step in psnr else None)
@@ -115,82 +103,108 @@ def test_keeps_the_last_k_and_the_best_and_skips_unfinished_saves(tmp_path):
         assert mngr.all_steps() == [4, 8, 10]  # the last 2, plus step 4, the best PSNR
     # A save that died half-way leaves only a temporary directory, which restore never picks.
     (tmp_path / "ckpt" / "12.orbax-checkpoint-tmp-1234567").mkdir()
-    with checkpointing.make_manager(tmp_path / "ckpt", _cfg()) as mngr:
+    with checkpointing.make_manager(tmp_path / "ckpt", every=2, keep=2, async_save=False) as mngr:
         restored = checkpointing.restore_latest(mngr, {"w": jnp.zeros(3)}, it)
     np.testing.assert_array_equal(restored["w"], 10.0)
 
 
-def test_resuming_with_another_config_names_the_fields(tmp_path):
-    checkpointing.check_config(tmp_path, _cfg())
-    checkpointing.check_config(tmp_path, _cfg(total_steps=20))  # bookkeeping may change
-    with pytest.raises(checkpointing.ConfigMismatchError, match=r"model.num_feat: 8 \(run\) vs 16 \(now\)"):
-        checkpointing.check_config(tmp_path, _cfg(model={"num_feat": 16}))
-
-
 def test_non_strict_init_copies_matching_parameters(tmp_path):
-    from edvr_jax import EDVR, init_variables
-
-    small = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
-    wo_tsa = init_variables(EDVR(**small, with_tsa=False), jax.random.key(0), 16, 16)["params"]
-    tsa = init_variables(EDVR(**small, with_tsa=True), jax.random.key(1), 16, 16)["params"]
-    from edvr_jax import convert
-    convert.save_converted(tmp_path / "wotsa", {"params": wo_tsa}, {**small, "with_tsa": False})
-    params, report = checkpointing.load_params_non_strict(tmp_path / "wotsa", tsa)
+    wo_tsa = init_variables(EDVR(**SMALL, with_tsa=False), jax.random.key(0), 16, 16)["params"]
+    tsa = init_variables(EDVR(**SMALL, with_tsa=True), jax.random.key(1), 16, 16)["params"]
+    weights.save_weights(tmp_path / "wotsa", EDVR(**SMALL, with_tsa=False), wo_tsa)
+    params, report = weights.load_params_non_strict(tmp_path / "wotsa", tsa)
     np.testing.assert_array_equal(params["conv_first"]["kernel"], wo_tsa["conv_first"]["kernel"])
     np.testing.assert_array_equal(params["fusion"]["temporal_attn1"]["kernel"], tsa["fusion"]["temporal_attn1"]["kernel"])
     assert any("fusion" in k for k in report["missing"]) and report["loaded"] > 20
     assert any("fusion" in k for k in report["unexpected"] + report["shape_mismatch"])
     with pytest.raises(Exception, match="does not fit the model strictly"):
-        checkpointing.load_params_non_strict(tmp_path / "wotsa", tsa, strict=True)
+        weights.load_params_non_strict(tmp_path / "wotsa", tsa, strict=True)
 
 
-# --- train.py end to end ----------------------------------------------------------------------
-
-def _env(devices: int = 1) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
-    return env
-
-
-def _cmd(workdir, data_dir, *extra):
-    return [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            *TINY, *extra]
-
-
-def _run(workdir, data_dir, *extra, devices=1, check=True):
-    proc = subprocess.run(_cmd(workdir, data_dir, *extra), env=_env(devices), capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+def test_metrics_jsonl_drops_rows_after_the_resumed_step(tmp_path):
+    w = metric_log.JsonlWriter(tmp_path / "m.jsonl")
+    for step in (1, 2, 3, 4):
+        w.write_scalars(step, {"train/loss": float(step)})
+    w.close()
+    w = metric_log.JsonlWriter(tmp_path / "m.jsonl", resume_step=2)  # steps 3, 4 came after the checkpoint
+    w.write_scalars(3, {"train/loss": 30.0})
+    w.close()
+    rows = metric_log.read_jsonl(tmp_path / "m.jsonl")
+    assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
-def _losses(workdir):
-    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+# --- the train step on device meshes ------------------------------------------------------------
+
+def _run_steps(cfg, devices, data, fsdp, batches):
+    model = EDVR(**cfg.model, offset_warning=False)
+    schedule = training.make_schedule(cfg.optim)
+    tx = training.make_tx(cfg.optim, schedule)
+    mesh = sharding.make_mesh(data, fsdp, devices)
+    state, shardings = training.init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, 8, 8))
+    step = training.jit_train_step(cfg, model, tx, schedule, shardings, mesh)
+    losses = []
+    for b in batches:
+        state, metrics = step(state, sharding.global_batch(b, sharding.batch_sharding(mesh)))
+        losses.append(float(metrics["loss"]))
+    specs = {s.spec for s in jax.tree.leaves(shardings["params"])}
+    return losses, jax.device_get(state["params"]), specs
 
 
-def _final_params(workdir):
-    return checkpointing.read_params(workdir)
+def test_same_steps_on_1_and_8_devices_data_parallel_and_fsdp(data_dir):
+    cfg = tiny_config(data_dir)
+    rng = np.random.default_rng(0)
+    gt = rng.random((4, 8, 32, 32, 3), np.float32)
+    lq = gt.reshape(4, 8, 8, 4, 8, 4, 3).mean((3, 5))  # box-downsampled GT, repeated over 5 frames
+    batches = [{"lq": np.repeat(lq[i][:, None], 5, 1) + 0.01 * rng.standard_normal((8, 5, 8, 8, 3), np.float32),
+                "gt": gt[i]} for i in range(4)]
+    devices = jax.devices()
+    assert len(devices) == 8  # conftest asks XLA for 8 host devices
+    ref_losses, ref, specs1 = _run_steps(cfg, devices[:1], 1, 1, batches)
+    assert ref_losses[-1] < ref_losses[0]
+    ref_norm = math.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(ref)))
+    for data, fsdp in ((8, 1), (2, 4)):
+        losses, params, specs = _run_steps(cfg, devices, data, fsdp, batches)
+        if fsdp > 1:  # kernels' output channels really are split over the fsdp axis
+            assert jax.sharding.PartitionSpec(None, None, None, "fsdp") in specs
+        np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
+        # Only the order of the gradient sums differs. Where a gradient element is near zero,
+        # Adam's normalised step (~lr * sign) can then differ by a fraction of a step, so
+        # elements are held to one step (lr) and the whole to a relative L2 distance of 1e-4
+        # (four steps move the parameters by ~1e-2 of their norm).
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=cfg.optim.lr), ref, params)
+        dist = math.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(ref), jax.tree.leaves(params))))
+        assert dist / ref_norm < 1e-4, (data, fsdp)
 
 
-@pytest.fixture(scope="module")
-def data_dir(demo_builder):
-    return str(Path(demo_builder.data_dir).parents[2])
+def test_a_non_finite_step_is_not_applied():
+    cfg = load_config("demo", **TINY)
+    model = EDVR(**cfg.model, offset_warning=False)
+    schedule = training.make_schedule(cfg.optim)
+    tx = training.make_tx(cfg.optim, schedule)
+    init = functools.partial(training.create_train_state, model=model, tx=tx, input_shape=model.input_shape(1, 8, 8))
+    state = init(jax.random.key(0))
+    batch = {"lq": np.full((2, 5, 8, 8, 3), np.nan, np.float32), "gt": np.zeros((2, 32, 32, 3), np.float32)}
+    new, metrics = jax.jit(functools.partial(training.train_step, model=model, tx=tx, schedule=schedule))(state, batch)
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, new, state)
 
 
-@pytest.fixture(scope="module")
-def reference_run(data_dir, tmp_path_factory):
-    """12 uninterrupted steps on one device, checkpoint every 4."""
-    workdir = tmp_path_factory.mktemp("ref")
-    _run(workdir, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4")
-    return workdir
+# --- a whole run in-process ---------------------------------------------------------------------
+
+def test_run_writes_its_header_metrics_and_checkpoints(reference_run):
+    header = weights.read_header(reference_run)
+    assert header.model == "EDVR" and header.config["num_feat"] == 8 and header.train_config["total_steps"] == 12
+    assert weights.run_steps(reference_run) == [4, 8, 12]
+    rows = metric_log.read_jsonl(reference_run / "metrics.jsonl")
+    losses = [r["train/loss"] for r in rows]
+    assert [r["step"] for r in rows] == list(range(1, 13)) and losses[-1] < losses[0]
+    assert {"train/lr", "train/psnr", "offset_absmean/pcd_align/dcn_pack_l1", "perf/steps_per_s"} <= set(rows[0])
 
 
 def test_a_train_workdir_loads_for_inference(reference_run):
     """What eval.py and the restore CLI do with a train.py workdir: its final params, its model."""
     model, params = load_model(reference_run)
-    jax.tree.map(np.testing.assert_array_equal, params, checkpointing.read_params(reference_run))
+    jax.tree.map(np.testing.assert_array_equal, params, weights.read_params(reference_run))
     assert (model.num_feat, model.deformable_groups, model.num_frame) == (8, 2, 5)
     clip = np.random.default_rng(0).uniform(size=(5, 8, 12, 3)).astype(np.float32)
     out = load(reference_run)(clip)
@@ -199,113 +213,29 @@ def test_a_train_workdir_loads_for_inference(reference_run):
     np.testing.assert_allclose(out[2], np.asarray(direct), rtol=1e-5, atol=1e-5)
 
 
-def test_same_loss_curve_on_8_devices_data_parallel_and_fsdp(reference_run, data_dir, tmp_path):
-    ref = _losses(reference_run)
-    assert len(ref) == 12 and ref[12] < ref[1]
-    dp, fsdp = tmp_path / "dp", tmp_path / "fsdp"
-    _run(dp, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4", "--config.mesh.data=8", devices=8)
-    _run(fsdp, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4", "--config.mesh.data=2",
-         "--config.mesh.fsdp=4", devices=8)
-    # Parameters: the runs differ only in the order of the gradient sums. Where a gradient
-    # element is near zero, Adam's normalised step (~lr * sign) can then differ by a
-    # fraction of a step, so elements are held to one step (lr) and the whole to a
-    # relative L2 distance of 1e-4 (measured: 1.9e-5, while steps 8 -> 12 move them
-    # 1.2e-2). One element differed by 3e-5 on one machine, which broke an earlier
-    # elementwise rtol 2e-3 / atol 2e-5.
-    lr = importlib.import_module("configs.demo").get_config().optim.lr  # train.py's default config
-    a = _final_params(reference_run)
-    a_norm = math.sqrt(sum(np.sum(x ** 2) for x in jax.tree.leaves(a)))
-    for run in (dp, fsdp):
-        got = _losses(run)
-        np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
-        b = _final_params(run)
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=lr), a, b)  # same trees, too
-        dist = math.sqrt(sum(np.sum((x - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
-        assert dist / a_norm < 1e-4, run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_one(reference_run, data_dir, tmp_path):
-    port = _free_port()
-    procs = [subprocess.Popen(_cmd(tmp_path / "mp", data_dir, "--config.total_steps=12", "--config.checkpoint.every=4",
-                                   "--num_processes=2", f"--process_id={i}", f"--coordinator=localhost:{port}"),
-                              env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    ref, got = _losses(reference_run), _losses(tmp_path / "mp")
-    np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
-
-
-def _wait_for_checkpoint(workdir: Path, step: int, proc, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ckpts = workdir / "checkpoints"
-        if ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= step for p in ckpts.iterdir()):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"train.py ended early: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.02)
-    raise AssertionError(f"no checkpoint {step} after {timeout} s")
-
-
-def test_sigkill_then_resume_is_bitwise_equal(reference_run, data_dir, tmp_path):
-    workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(workdir, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4"),
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_checkpoint(workdir, 4, proc)
-    proc.kill()
-    proc.wait()
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps and steps[-1] < 12, steps
-    _run(workdir, data_dir, "--config.total_steps=12", "--config.checkpoint.every=4")  # the same command again
-    a, b = _final_params(reference_run), _final_params(workdir)
-    assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
-
-
-def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
-    workdir = tmp_path / "term"
-    proc = subprocess.Popen(_cmd(workdir, data_dir, "--config.total_steps=100000", "--config.checkpoint.every=1000"),
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not ((workdir / "metrics.jsonl").is_file() and len(_losses(workdir)) >= 3):
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    assert "preempted" in err
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [max(_losses(workdir))]  # saved exactly where it stopped, not at an interval
+def test_a_finished_run_resumes_to_nothing_and_another_config_is_refused(reference_run, data_dir):
+    before = (reference_run / "metrics.jsonl").read_text()
+    assert training.train(tiny_config(data_dir), reference_run, devices=jax.devices()[:1]) == {}
+    assert (reference_run / "metrics.jsonl").read_text() == before
+    with pytest.raises(checkpointing.ConfigMismatchError, match=r"model.num_feat: 8 \(run\) vs 16 \(now\)"):
+        training.train(tiny_config(data_dir, **{"model.num_feat": 16}), reference_run, devices=jax.devices()[:1])
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    proc = _run(tmp_path / "nan", data_dir, "--config.total_steps=20", "--config.checkpoint.every=1",
-                "--config.optim.lr=1e30", check=False)
-    assert proc.returncode != 0
-    assert "non-finite loss or gradient at step 2" in proc.stderr, proc.stderr[-2000:]
-    steps = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps == [1]
-    params = _final_params(tmp_path / "nan")
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    cfg = tiny_config(data_dir, **{"total_steps": 20, "checkpoint.every": 1, "optim.lr": 1e30})
+    with pytest.raises(training.TrainingError, match="non-finite loss or gradient at step 2"):
+        training.train(cfg, tmp_path / "nan", devices=jax.devices()[:1])
+    assert weights.run_steps(tmp_path / "nan") == [1]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(weights.read_params(tmp_path / "nan")))
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
-    from edvr_jax import EDVR, init_variables
-
-    small = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1, offset_warning=False)
-    params = init_variables(EDVR(**small), jax.random.key(0), 16, 16)["params"]
+    params = init_variables(EDVR(**SMALL, offset_warning=False), jax.random.key(0), 16, 16)["params"]
     x = jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3))
     gt = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
 
     def loss(p, dtype):
-        return charbonnier(EDVR(**small, dtype=dtype).apply({"params": p}, x), gt)
+        return charbonnier(EDVR(**SMALL, dtype=dtype, offset_warning=False).apply({"params": p}, x), gt)
 
     l32, g32 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.float32)))(params)
     l16, g16 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.bfloat16)))(params)
@@ -315,32 +245,61 @@ def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
     assert float(cos) > 0.99  # same descent direction
 
 
-@pytest.mark.parametrize("name,params", [
-    ("default", 3_300_131), ("edvr_m_reds", 3_300_131), ("edvr_m_wotsa_reds", 2_996_259),
-    ("edvr_l_reds", 20_633_827), ("edvr_l_wotsa_reds", None), ("edvr_l_deblur_reds", 23_602_019),
-    ("edvr_l_srblur_reds", 23_306_851), ("edvr_l_vimeo", 20_699_363), ("demo", None)])
-def test_configs_build_their_models(name, params):
+# --- configs ------------------------------------------------------------------------------------
 
-    from edvr_jax import EDVR
-
-    sys.path.insert(0, str(ROOT))
-    cfg = importlib.import_module(f"configs.{name}").get_config()
+@pytest.mark.parametrize("arg,name,params", [
+    ("m", "edvr_m_reds", 3_300_131), ("m,tsa=False", "edvr_m_wotsa_reds", 2_996_259),
+    ("l", "edvr_l_reds", 20_633_827), ("l,tsa=False", "edvr_l_wotsa_reds", None),
+    ("l,task=deblur", "edvr_l_deblur_reds", 23_602_019), ("l,task=srblur", "edvr_l_srblur_reds", 23_306_851),
+    ("variant=l,data=vimeo90k", "edvr_l_vimeo90k", 20_699_363), ("demo", "demo", None)])
+def test_configs_build_their_models(arg, name, params):
+    cfg = load_config(arg)
+    training.validate_config(cfg)
+    assert cfg.name == name
     model = EDVR(**cfg.model)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 64, 64)))
     if params is not None:
         assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == params
-    assert cfg.batch_size > 0 and len(cfg.optim.periods) == len(cfg.optim.restart_weights)
-    if cfg.optim.tsa_iter:
-        assert cfg.model.with_tsa
+    assert bool(cfg.optim.tsa_iter) == (cfg.model.with_tsa and "task" not in arg and arg != "demo")
 
 
-def test_sequence_fields_can_be_overridden_on_the_command_line():
-    script = ("from absl import app; from ml_collections import config_flags\n"
-              f"C = config_flags.DEFINE_config_file('config', {str(ROOT / 'configs' / 'demo.py')!r})\n"
-              "app.run(lambda _: print(tuple(C.value.optim.periods), tuple(C.value.optim.restart_weights), "
-              "tuple(C.value.data.interval_list)))\n")
-    proc = subprocess.run([sys.executable, "-c", script, "--config.optim.periods=(300, 600)",
-                           "--config.optim.restart_weights=(1.0, 0.5)", "--config.data.interval_list=(1, 2)"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "(300, 600) (1.0, 0.5) (1, 2)"
+def test_recipes_follow_basicsr():
+    m, l_tsa, l_wo, deblur = load_config("m"), load_config("l"), load_config("l,tsa=False"), load_config("l,task=deblur")
+    assert m.optim.periods == (50_000, 100_000, 150_000, 150_000, 150_000) and m.optim.tsa_iter == 50_000
+    assert m.optim.restart_weights == (1.0,) * 5 and l_tsa.optim.restart_weights == (1.0, 0.5, 0.5, 0.5, 0.5)
+    assert l_wo.optim.periods == (150_000,) * 4 and l_wo.optim.restart_weights == (1.0, 0.5, 0.5, 0.5)
+    assert (deblur.optim.lr, deblur.optim.periods, deblur.optim.restart_weights) == (2e-4, (150_000,) * 4, (1.0,) * 4)
+    assert deblur.model.hr_in and deblur.data.val_padding == "replicate" and deblur.data.config == "deblur"
+    assert all(c.batch_size == 32 and c.data.gt_size == 256 and c.total_steps == 600_000 for c in (m, l_tsa, deblur))
+    with pytest.raises(ValueError, match="task=deblur trains on REDS only"):
+        load_config("l,task=deblur,data=vimeo90k")
+    with pytest.raises(ValueError, match="variant='xl'"):
+        load_config("xl")
+
+
+def test_a_run_written_before_the_header_still_loads(tmp_path):
+    """edvr-jax 0.1 train runs: config.json is the training config itself and the state carries an
+    rng and the old warm-up wrapper; edvr_jax.load reads their (EMA) parameters all the same."""
+    import collections
+
+    import grain.python as grain
+
+    model = EDVR(**SMALL, offset_warning=False)
+    params = init_variables(model, jax.random.key(0), 16, 16)["params"]
+    ema = jax.tree.map(lambda p: p + 1.0, params)
+    frozen = collections.namedtuple("FrozenState", "count inner")
+    state = {"step": jnp.int32(7), "params": params, "ema_params": ema, "rng": jax.random.key_data(jax.random.key(1)),
+             "opt_state": (frozen(jnp.int32(7), optax.adam(1e-3).init(params)),)}
+    legacy = load_config("demo").to_dict()
+    legacy.pop("name")
+    legacy["model"].update(SMALL)
+    legacy["ema_decay"] = 0.999
+    (tmp_path / "config.json").write_text(__import__("json").dumps(legacy, default=list))
+    it = iter(grain.DataLoader(data_source=grain.RangeDataSource(0, 10, 1),
+                               sampler=grain.IndexSampler(10, grain.NoSharding(), shuffle=False, num_epochs=1)))
+    with checkpointing.make_manager(tmp_path / "checkpoints", every=1, keep=1, async_save=False) as mngr:
+        checkpointing.save(mngr, 7, state, it, force=True)
+    loaded_model, loaded = load_model(tmp_path)
+    assert loaded_model.config() == model.config()
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(ema))  # the EMA params, as before
+    jax.tree.map(np.testing.assert_array_equal, weights.read_params(tmp_path, ema=False), jax.device_get(params))

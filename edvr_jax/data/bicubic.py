@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from edvr_jax.io import to_uint8
+
 
 def _cubic(x: np.ndarray) -> np.ndarray:
     a = np.abs(x)
@@ -61,4 +63,4 @@ def downsample_uint8(img: np.ndarray, factor: int = 4) -> np.ndarray:
     if img.shape[0] % factor or img.shape[1] % factor:
         raise ValueError(f"image of {img.shape[0]}x{img.shape[1]} is not divisible by {factor}")
     out = imresize(img.astype(np.float64) / 255.0, 1.0 / factor)
-    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8)
+    return to_uint8(out)

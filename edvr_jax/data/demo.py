@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
+from edvr_jax.io import to_uint8
 
 TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
                 "retina.jpg")
@@ -114,18 +115,17 @@ def render_clip(rng: np.random.Generator, photos: list[np.ndarray],
             img = alpha * _sample(tex, _affine(rel, tex_center, spin, 1.0)) + (1 - alpha) * img
         return img
 
-    to_uint8 = lambda img: np.clip(np.round(img), 0, 255).astype(np.uint8)  # noqa: E731
     gts, lqs = [], []
     for i in range(NUM_FRAMES):
         sharp = frame(float(i))
-        gts.append(to_uint8(sharp))
+        gts.append(to_uint8(sharp, scale=1.0))
         # Blur: exposure over 0.8 of the frame interval, centred on the sharp frame.
         lq = np.mean([frame(i + dt) for dt in np.linspace(-0.4, 0.4, 9)], axis=0) if config.blur else sharp
         if config.scale != 1:
-            lq = downsample_uint8(to_uint8(lq), config.scale).astype(np.float64)
+            lq = downsample_uint8(to_uint8(lq, scale=1.0), config.scale).astype(np.float64)
         if config.noise_sigma:
             lq = lq + rng.normal(0, config.noise_sigma, lq.shape)
-        lqs.append(to_uint8(lq))
+        lqs.append(to_uint8(lq, scale=1.0))
     return gts, lqs
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from edvr_jax.data.frames import DatasetError, decode_png
-from edvr_jax.temporal import window_table
 
 # Short dataset names -> (TFDS builder class name, default config).
 DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
@@ -234,11 +233,13 @@ def train_loader(reader: ClipReader, spec: WindowSpec, global_batch_size: int, s
     ``worker_count`` processes prepare them ahead of the training step.
     """
     _check_windows(reader, spec)
+    if worker_count and not flags.FLAGS.is_parsed():
+        raise ValueError("worker_count > 0 starts Grain worker processes, which read absl flags: call this "
+                         "under absl.app.run (train.py does) or parse the flags first, e.g. "
+                         "absl.flags.FLAGS(['notebook'], known_only=True); or use worker_count=0")
     procs = jax.process_count()
     if global_batch_size % procs:
         raise ValueError(f"global batch {global_batch_size} is not divisible by the {procs} processes")
-    if worker_count and not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()  # Grain's workers read absl flags; outside absl.app use their defaults
     plan = _BatchPlan(f"{reader.name}/{reader.split}, {spec}", _centers(reader, spec), global_batch_size, seed, num_epochs)
     sampler = grain.IndexSampler(num_records=len(plan), shard_options=grain.NoSharding(), shuffle=False,
                                  num_epochs=1, seed=seed)
@@ -254,10 +255,6 @@ class EvalClip:
     lq: np.ndarray
     gt: np.ndarray
 
-    def windows(self, num_frame: int, padding: str) -> np.ndarray:
-        """``[N, num_frame]`` frame indices per output frame, with BasicSR's temporal padding."""
-        return window_table(len(self.lq), num_frame, padding)
-
 
 def eval_clips(reader: ClipReader, clips: Sequence[str] | None = None) -> Iterator[EvalClip]:
     """Every clip of the split (or the named ones), whole, in order."""
@@ -268,12 +265,3 @@ def eval_clips(reader: ClipReader, clips: Sequence[str] | None = None) -> Iterat
         c = names.index(name)
         count = reader.clips[c][2]
         yield EvalClip(name, reader.lq(c, range(count)), np.stack([reader.gt(c, f) for f in range(count)]))
-
-
-def eval_windows(reader: ClipReader, num_frame: int, padding: str) -> Iterator[dict]:
-    """Every frame of every clip: ``{'clip', 'frame', 'lq': float32 [T, h, w, 3], 'gt': float32 [H, W, 3]}``."""
-    for clip in eval_clips(reader):
-        table = clip.windows(num_frame, padding)
-        for f, rows in enumerate(table):
-            yield {"clip": clip.name, "frame": f, "lq": clip.lq[rows].astype(np.float32) / 255.0,
-                   "gt": clip.gt[f].astype(np.float32) / 255.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,7 @@ class EDVR(nn.Module):
         nf, dt = self.num_feat, self.dtype
         conv = lambda name, feat=nf, k=3, s=1: Conv2d(feat, k, s, dtype=dt, name=name)  # noqa: E731
         x_center = x[:, self.center].astype(jnp.float32)
-        frames = x.reshape(b * t, h, w, c).astype(dt)
+        frames = einops.rearrange(x, "b t h w c -> (b t) h w c").astype(dt)
 
         if self.with_predeblur:
             feat_l1 = conv("conv_1x1", k=1)(
@@ -127,20 +128,16 @@ class EDVR(nn.Module):
 
         # Every frame (the reference too) is aligned to the reference in one batched call.
         feats = (feat_l1, feat_l2, feat_l3)
-        refs = []
-        for f in feats:
-            ref = f.reshape(b, t, *f.shape[1:])[:, self.center]
-            refs.append(jnp.broadcast_to(ref[:, None], (b, t, *ref.shape[1:])).reshape(f.shape))
+        refs = [einops.repeat(einops.rearrange(f, "(b t) h w c -> b t h w c", t=t)[:, self.center],
+                              "b h w c -> (b t) h w c", t=t) for f in feats]
         aligned = PCDAlignment(nf, self.deformable_groups, offset_warning=self.offset_warning, dtype=dt,
                                name="pcd_align")(feats, refs)
-        hl, wl = aligned.shape[1:3]
-        aligned = aligned.reshape(b, t, hl, wl, nf)
+        aligned = einops.rearrange(aligned, "(b t) h w c -> b t h w c", t=t)
 
         if self.with_tsa:
             feat = TSAFusion(nf, t, self.center, dtype=dt, name="fusion")(aligned)
         else:
-            stacked = jnp.moveaxis(aligned, 1, 3).reshape(b, hl, wl, t * nf)  # frame-major channels
-            feat = conv("fusion", k=1)(stacked)
+            feat = conv("fusion", k=1)(einops.rearrange(aligned, "b t h w c -> b h w (t c)"))  # frame-major
 
         out = residual_blocks(feat, self.num_reconstruct_block, nf, "reconstruction", dt)
         out = lrelu(pixel_shuffle(conv("upconv1", nf * 4)(out), 2))
@@ -214,6 +211,5 @@ class TwoStageEDVR(nn.Module):
                              f"stage-2 window {t2} - 1), got shape {x.shape}")
         b = x.shape[0]
         windows = jnp.stack([x[:, j:j + t1] for j in range(t2)], axis=1)  # [B, T2, T1, H, W, C]
-        stage1_out = s1(windows.reshape(b * t2, *windows.shape[2:]))
-        stage1_out = jnp.clip(stage1_out, 0.0, 1.0).reshape(b, t2, *stage1_out.shape[1:])
-        return s2(stage1_out)
+        stage1_out = s1(einops.rearrange(windows, "b t2 t1 h w c -> (b t2) t1 h w c"))
+        return s2(einops.rearrange(jnp.clip(stage1_out, 0.0, 1.0), "(b t2) h w c -> b t2 h w c", b=b))

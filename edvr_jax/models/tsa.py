@@ -33,7 +33,8 @@ class TSAFusion(nn.Module):
         conv = lambda name, k=3: Conv2d(self.num_feat, k, dtype=self.dtype, name=name)  # noqa: E731
 
         emb_ref = conv("temporal_attn1")(aligned[:, self.center_frame_idx])
-        emb = conv("temporal_attn2")(aligned.reshape(b * t, h, w, c)).reshape(b, t, h, w, -1)
+        emb = einops.rearrange(conv("temporal_attn2")(einops.rearrange(aligned, "b t h w c -> (b t) h w c")),
+                               "(b t) h w c -> b t h w c", t=t)
         corr = jax.nn.sigmoid(jnp.sum(emb * emb_ref[:, None], axis=-1, keepdims=True))  # [B, T, H, W, 1]
         # Frame-major channel order, as torch's view(b, t*c, h, w).
         weighted = einops.rearrange(aligned * corr, "b t h w c -> b h w (t c)")

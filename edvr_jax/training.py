@@ -1,0 +1,441 @@
+"""EDVR training as library functions; ``train.py`` is a thin command line over ``train``.
+
+* ``create_train_state(rng, *, model, tx, input_shape, ema)``: the state, a dict of ``step``,
+  ``params``, ``opt_state`` (and ``ema_params``); pure, so ``jax.eval_shape`` gives its shapes
+  and ``jax.jit(..., out_shardings=...)`` creates it sharded.
+* ``train_step(state, batch, *, model, tx, schedule, ...)``: one update, pure; bound with
+  ``functools.partial`` and jitted with shardings by ``jit_train_step``.
+* ``validate(...)``: BasicSR's test protocol on the validation clips.
+* ``train(cfg, workdir)``: the loop, with resume / init-from / scratch decided by
+  ``load_state_if_possible``, checkpoints, metrics and preemption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from edvr_jax import checkpointing, metric_log, optim, sharding, weights
+from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
+from edvr_jax.models.edvr import EDVR
+from edvr_jax.temporal import PADDING_MODES
+
+log = logging.getLogger("edvr_jax.train")
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class ConfigError(ValueError):
+    """A config field whose value cannot work; the message names the field, its value and what is allowed."""
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def validate_config(cfg) -> None:
+    """Checks every field that can be checked without data or devices, before any work starts."""
+    from edvr_jax.data import DATASETS
+
+    m, d, o = cfg.model, cfg.data, cfg.optim
+    checks = [
+        ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
+        ("total_steps", cfg.total_steps, cfg.total_steps >= 0, ">= 0"),
+        ("log_every", cfg.log_every, cfg.log_every >= 1, ">= 1"),
+        ("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: no validation)"),
+        ("checkpoint.every", cfg.checkpoint.every, cfg.checkpoint.every >= 1, ">= 1"),
+        ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1"),
+        ("val_batch_size", cfg.val_batch_size, cfg.val_batch_size >= 1, ">= 1"),
+        ("compute_dtype", cfg.compute_dtype, cfg.compute_dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
+        ("model.num_frame", m.num_frame, m.num_frame >= 1 and m.num_frame % 2 == 1, "odd and >= 1"),
+        ("model.num_feat", m.num_feat, m.num_feat >= 1 and m.num_feat % m.deformable_groups == 0,
+         f"a positive multiple of model.deformable_groups ({m.deformable_groups})"),
+        ("model.deformable_groups", m.deformable_groups, m.deformable_groups >= 1, ">= 1"),
+        ("model.hr_in", m.hr_in, not m.hr_in or m.with_predeblur, "False unless model.with_predeblur is True"),
+        ("model.center_frame_idx", m.center_frame_idx,
+         m.center_frame_idx is None or 0 <= m.center_frame_idx < m.num_frame, f"None or in [0, {m.num_frame})"),
+        ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
+        ("data.gt_size", d.gt_size, d.gt_size >= 16 and d.gt_size % 16 == 0,
+         "a positive multiple of 16 (the LQ patch, gt_size / 4 for x4 SR, must be a multiple of 4; with "
+         "hr_in the patch is gt_size itself and must be a multiple of 16)"),
+        ("data.interval_list", d.interval_list, len(d.interval_list) > 0 and all(i >= 1 for i in d.interval_list),
+         "a non-empty tuple of positive integers"),
+        ("data.centers", d.centers, d.centers in ("all", "fitting"), "'all' or 'fitting'"),
+        ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
+        ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.periods", o.periods, len(o.periods) > 0 and all(p >= 1 for p in o.periods),
+         "a non-empty tuple of positive integers"),
+        ("optim.restart_weights", o.restart_weights, len(o.restart_weights) == len(o.periods),
+         f"as many weights as optim.periods has periods ({len(o.periods)})"),
+        ("optim.tsa_iter", o.tsa_iter, o.tsa_iter >= 0 and (o.tsa_iter == 0 or m.with_tsa),
+         ">= 0, and 0 unless model.with_tsa"),
+        ("optim.dcn_lr_mul", o.dcn_lr_mul, o.dcn_lr_mul > 0, "> 0"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0 (0: no clipping)"),
+        ("ema_decay", cfg.ema_decay, 0 <= cfg.ema_decay < 1, "in [0, 1) (0: no EMA)"),
+        ("loss.reduction", cfg.loss.reduction, cfg.loss.reduction in ("sum", "mean"), "'sum' or 'mean'"),
+        ("mesh.data", cfg.mesh.data, cfg.mesh.data == -1 or cfg.mesh.data >= 1, "-1 (all devices) or >= 1"),
+        ("mesh.fsdp", cfg.mesh.fsdp, cfg.mesh.fsdp == -1 or cfg.mesh.fsdp >= 1, "-1 (all devices) or >= 1"),
+    ]
+    bad = [f"{name}={value!r}: must be {allowed}" for name, value, ok, allowed in checks if not ok]
+    if bad:
+        raise ConfigError("invalid config: " + "; ".join(bad))
+
+
+# ------------------------------------------------------------------------------------------- state
+
+
+def make_schedule(optim_cfg) -> Callable:
+    return optim.cosine_annealing_restart(optim_cfg.lr, optim_cfg.periods, optim_cfg.restart_weights,
+                                          optim_cfg.eta_min)
+
+
+def make_tx(optim_cfg, schedule: Callable) -> optax.GradientTransformation:
+    return optim.make_optimizer(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
+                                tsa_iter=optim_cfg.tsa_iter, dcn_lr_mul=optim_cfg.dcn_lr_mul,
+                                grad_clip=optim_cfg.grad_clip or None)
+
+
+def create_train_state(rng: jax.Array, *, model: EDVR, tx: optax.GradientTransformation,
+                       input_shape: Sequence[int], ema: bool = False) -> dict[str, Any]:
+    params = model.init(rng, jnp.zeros(input_shape, jnp.float32))["params"]
+    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if ema:
+        state["ema_params"] = params
+    return state
+
+
+def offset_means(intermediates: Any) -> dict[str, jax.Array]:
+    """``{'pcd_align/dcn_pack_l1': mean |offset|, ...}`` from the sown ``intermediates``."""
+    leaves = jax.tree_util.tree_leaves_with_path(intermediates, is_leaf=lambda x: isinstance(x, tuple))
+    return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0] for path, v in leaves}
+
+
+def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *, model: EDVR, tx: optax.GradientTransformation,
+               schedule: Callable, loss_eps: float = 1e-12, loss_reduction: str = "sum",
+               ema_decay: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One Charbonnier + optimizer update. A non-finite loss or gradient leaves the state as it was
+    (``metrics['finite']`` says so)."""
+
+    def loss_fn(params):
+        out, inter = model.apply({"params": params}, batch["lq"], mutable=["intermediates"])
+        return optim.charbonnier(out, batch["gt"], loss_eps, loss_reduction), (out, inter["intermediates"])
+
+    (loss, (out, inter)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if "ema_params" in state:
+        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1 - ema_decay)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never step into NaN
+    mse = jnp.mean(jnp.square(jnp.clip(out, 0, 1) - batch["gt"]))
+    metrics = {"loss": loss, "loss_per_pixel": loss / batch["gt"].size, "grad_norm": grad_norm,
+               "lr": schedule(state["step"]), "psnr": -10 * jnp.log10(mse), "finite": finite,
+               "offsets": offset_means(inter)}
+    return new, metrics
+
+
+def jit_train_step(cfg, model: EDVR, tx, schedule, state_shardings, mesh):
+    """``train_step`` bound to the config and jitted with the state's and the batch's shardings."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_eps=cfg.loss.eps,
+                             loss_reduction=cfg.loss.reduction, ema_decay=cfg.ema_decay)
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+
+def init_sharded_state(cfg, model: EDVR, tx, mesh, input_shape) -> tuple[dict[str, Any], Any]:
+    """The initial state created directly in its shardings (the config's regex rules)."""
+    init = functools.partial(create_train_state, model=model, tx=tx, input_shape=input_shape,
+                             ema=bool(cfg.ema_decay))
+    rng = jax.random.key(cfg.seed)
+    shapes = jax.eval_shape(init, rng)
+    shardings = sharding.tree_shardings(shapes, mesh, [tuple(r) for r in cfg.sharding_rules])
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def load_state_if_possible(cfg, mngr, state, shardings, batches) -> tuple[dict[str, Any], str]:
+    """Resume from the run's newest checkpoint that restores; else initialise from
+    ``cfg.init_from``; else the fresh ``state``. Returns the state and what was done."""
+    restored = checkpointing.restore_latest(mngr, state, batches)
+    if restored is not None:
+        return restored, f"resumed from {mngr.directory} at step {int(restored['step'])}"
+    if not cfg.init_from:
+        return state, "initialised from scratch"
+    params, report = weights.load_params_non_strict(cfg.init_from, jax.device_get(state["params"]),
+                                                    strict=cfg.init_strict)
+    params = jax.device_put(params, shardings["params"])
+    state = {**state, "params": params}
+    if "ema_params" in state:
+        state["ema_params"] = params
+    return state, f"initialised from {cfg.init_from}: {report}"
+
+
+# ------------------------------------------------------------------------------------------- evals
+
+
+@dataclasses.dataclass
+class Validator:
+    """BasicSR's test protocol on the validation clips, on the training mesh."""
+
+    model: EDVR
+    reader: Any
+    mesh: Any
+    cfg: Any
+    baseline_cache: dict = dataclasses.field(default_factory=dict)  # the baseline never changes
+
+    def __post_init__(self):
+        model, replicated = self.model, NamedSharding(self.mesh, P())
+        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, x), out_shardings=replicated)
+
+    def _apply_on_mesh(self, params, x):
+        if jax.process_count() > 1:
+            x = multihost_utils.host_local_array_to_global_array(x, self.mesh, P())
+        else:
+            x = jax.device_put(x, NamedSharding(self.mesh, P()))
+        return self._apply(params, x)
+
+    def __call__(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """``(summary, {name: input | output | GT panel})``."""
+        from edvr_jax import data, evaluation
+        from edvr_jax.restorer import StageRunner
+
+        dc = self.cfg.data
+        runner = StageRunner(self.model, params, self.cfg.val_batch_size, apply_fn=self._apply_on_mesh)
+        panels = {}
+
+        def keep(clip, f, out):
+            if len(panels) < self.cfg.num_val_images and f == len(clip.gt) // 2:
+                lq = evaluation.baseline(clip.lq[f], self.reader.scale)
+                panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate([lq, out, clip.gt[f]], axis=1)
+
+        results = evaluation.evaluate(lambda clip: runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding),
+                                      data.eval_clips(self.reader, dc.val_clips), self.reader.scale,
+                                      dc.val_crop_border, on_frame=keep, baseline_cache=self.baseline_cache)
+        return evaluation.summarize(results), panels
+
+
+# -------------------------------------------------------------------------------------------- loop
+
+
+def _setup_data(cfg, lead: bool):
+    from edvr_jax import data
+
+    dc = cfg.data
+    args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None)
+    if lead:  # one process builds the dataset if it is not built yet; the others wait for it
+        data.load_builder(dc.name, **args)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("dataset built")
+    builder = data.load_builder(dc.name, **args)
+    reader = data.ClipReader(builder, dc.train_split)
+    spec = data.WindowSpec(num_frame=cfg.model.num_frame, gt_size=dc.gt_size, interval_list=tuple(dc.interval_list),
+                           random_reverse=dc.random_reverse, use_hflip=dc.use_hflip, use_rot=dc.use_rot,
+                           centers=dc.centers)
+    loader = data.train_loader(reader, spec, cfg.batch_size, seed=cfg.seed, worker_count=dc.worker_count)
+    val_reader = data.ClipReader(builder, dc.val_split) if dc.val_split and cfg.eval_every else None
+    return reader, val_reader, loader
+
+
+def _build_model(cfg, scale: int, name: str) -> EDVR:
+    model = EDVR(**cfg.model, dtype=jnp.dtype(cfg.compute_dtype), offset_warning=False)
+    if model.scale != scale:
+        raise ValueError(f"the model restores x{model.scale} (hr_in={model.hr_in}) but {name} is a x{scale} dataset")
+    return model
+
+
+def _warn_offsets(step: int, offsets: dict[str, float]) -> None:
+    for layer, value in offsets.items():
+        if value > OFFSET_WARN_THRESHOLD:
+            log.warning("step %d: DCN offset mean %.1f > %.0f in %s (offset blow-up?)", step, value,
+                        OFFSET_WARN_THRESHOLD, layer)
+
+
+def _stop_requested(signalled: bool, mngr, step: int) -> bool:
+    """SIGTERM on any process, or Orbax's preemption sync point (TPU), agreed by all processes."""
+    if jax.process_count() > 1:
+        signalled = bool(multihost_utils.process_allgather(np.array(signalled)).any())
+    return signalled or mngr.reached_preemption(step)
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+    flag = {"set": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(set=True))
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Progress:
+    """A tqdm bar (process 0) whose rate and ETA leave out compilation and validation time."""
+
+    def __init__(self, enabled: bool, total: int, initial: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+    def update(self, metrics: dict | None, first: bool):
+        if self.bar is None:
+            return
+        if metrics is not None:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4g}", lr=f"{metrics['lr']:.2e}", refresh=False)
+        self.bar.update(1)
+        if first:  # the first step's time is compilation
+            self.bar.unpause()
+
+    def resume(self):
+        if self.bar is not None:
+            self.bar.unpause()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = None, progress: bool = False) -> dict:
+    """Runs (or resumes) the training ``cfg`` describes in ``workdir``; returns the last
+    validation summary (empty when none ran)."""
+    validate_config(cfg)
+    workdir = Path(workdir)
+    lead = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = checkpointing.workdir_lock(workdir) if lead else contextlib.nullcontext()
+    with lock:
+        checkpointing.check_config(workdir, cfg)
+        if weights.run_steps(workdir) and max(weights.run_steps(workdir)) >= cfg.total_steps:
+            log.info("%s already holds step %d >= total_steps %d: nothing to do", workdir,
+                     max(weights.run_steps(workdir)), cfg.total_steps)
+            return {}
+        return _train(cfg, workdir, devices, progress, lead)
+
+
+def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
+    # ------------------------------------------------------------------ mesh
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
+    if cfg.batch_size % mesh.size:
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be divisible by the {mesh.size} devices of the mesh")
+    # ------------------------------------------------------------------ input
+    reader, val_reader, loader = _setup_data(cfg, lead)
+    batches = iter(loader)
+    # ------------------------------------------------------------------ model and state
+    model = _build_model(cfg, reader.scale, reader.name)
+    lq_patch = cfg.data.gt_size // reader.scale
+    schedule = make_schedule(cfg.optim)
+    tx = make_tx(cfg.optim, schedule)
+    state, shardings = init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, lq_patch, lq_patch))
+    step_fn = jit_train_step(cfg, model, tx, schedule, shardings, mesh)
+    # ------------------------------------------------------------------ checkpoint
+    mngr = checkpointing.make_manager(workdir / weights.RUN_CHECKPOINTS, every=cfg.checkpoint.every,
+                                      keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    state, how = load_state_if_possible(cfg, mngr, state, shardings, batches)
+    step = int(state["step"])
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
+    log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
+             n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
+    writer = metric_log.create_writer(workdir, lead, resume_step=step)
+    validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
+    bar = _Progress(lead and progress, cfg.total_steps, step)
+    summary, first = {}, step
+    last_time, last_step = time.perf_counter(), step
+    try:
+        with _sigterm_flag() as sigterm, _redirect_logging_to(bar):
+            while step < cfg.total_steps:
+                batch = sharding.global_batch(next(batches), sharding.batch_sharding(mesh))
+                state, metrics = step_fn(state, batch)
+                step += 1
+                if not bool(metrics["finite"]):
+                    raise TrainingError(
+                        f"non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}, grad norm "
+                        f"{float(metrics['grad_norm'])}); the update was not applied and training stopped. The last "
+                        f"good checkpoint is step {mngr.latest_step()} in {mngr.directory}.")
+                shown = None
+                if step % cfg.log_every == 0 or step == cfg.total_steps or step == first + 1:
+                    now = time.perf_counter()
+                    rate = (step - last_step) / (now - last_time)
+                    last_time, last_step = now, step
+                    shown = jax.device_get(metrics)
+                    _warn_offsets(step, shown["offsets"])
+                    writer.write_scalars(step, {
+                        **{f"train/{k}": shown[k] for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "psnr")},
+                        **{f"offset_absmean/{k}": v for k, v in shown["offsets"].items()},
+                        "perf/steps_per_s": rate, "perf/clips_per_s": rate * cfg.batch_size})
+                bar.update(shown, first=step == first + 1)
+                val_metrics = None
+                if validate is not None and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+                    summary, panels = validate(state.get("ema_params", state["params"]))
+                    writer.write_scalars(step, {f"val/{k}": v for k, v in summary.items()})
+                    writer.write_images(step, {k: v[None] for k, v in panels.items()})
+                    log.info("step %d validation: PSNR %.2f dB (baseline %.2f), SSIM %.4f (baseline %.4f)", step,
+                             summary["psnr"], summary["base_psnr"], summary["ssim"], summary["base_ssim"])
+                    val_metrics = {"val_psnr": summary["psnr"]}
+                    last_time = time.perf_counter()  # the rate is of training steps only
+                    bar.resume()
+                preempted = _stop_requested(sigterm["set"], mngr, step)
+                _save(mngr, workdir, model, cfg, step, state, batches, val_metrics,
+                      force=preempted or step == cfg.total_steps or val_metrics is not None)
+                writer.flush()
+                if preempted:
+                    mngr.wait_until_finished()
+                    log.warning("preempted: saved step %d to %s, exiting", step, mngr.directory)
+                    break
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        bar.close()
+        writer.close()
+        del batches
+    if lead and progress and step >= cfg.total_steps:
+        _print_epilogue(workdir, summary)
+    return summary
+
+
+def _save(mngr, workdir: Path, model: EDVR, cfg, step: int, state, batches, val_metrics, force: bool) -> None:
+    """A checkpoint when the policy (or ``force``) says so; the first one makes the run own the
+    workdir by writing its header."""
+    if not (force or mngr.should_save(step)):
+        return
+    if jax.process_index() == 0 and not weights.run_steps(workdir):
+        weights.write_header(workdir, model, train_config=cfg)
+    checkpointing.save(mngr, step, state, batches, val_metrics, force=force)
+
+
+@contextlib.contextmanager
+def _redirect_logging_to(bar: _Progress):
+    """Log lines printed above the progress bar instead of through it."""
+    if bar.bar is None:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    with logging_redirect_tqdm(loggers=[logging.getLogger("edvr_jax")]):
+        yield
+
+
+def _print_epilogue(workdir: Path, summary: dict) -> None:
+    lines = [f"Run finished: {workdir}",
+             f"  checkpoints   {workdir / weights.RUN_CHECKPOINTS} (steps {weights.run_steps(workdir)})",
+             f"  metrics       {workdir / 'metrics.jsonl'}; TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}"]
+    if summary:
+        lines.append(f"  validation    PSNR {summary['psnr']:.2f} dB (baseline {summary['base_psnr']:.2f}), "
+                     f"SSIM {summary['ssim']:.4f} (baseline {summary['base_ssim']:.4f})")
+    lines += [f"  evaluate      python eval.py --checkpoint {workdir}",
+              f"  restore       python -m edvr_jax.restore IN OUT --checkpoint {workdir}"]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,106 @@
+"""train.py as a process: exact resume after SIGKILL, SIGTERM saving the current step, two
+processes matching one. The uninterrupted reference is a train.py process too (a run in the test
+process, which has 8 host devices, differs in the last bits); the processes share compiled
+programs through JAX's persistent compilation cache."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY, tiny_config
+
+from edvr_jax import metric_log, weights
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _cmd(workdir, data_dir, *extra):
+    return [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+            *(f"--config.{k}={v}" for k, v in TINY.items()), "--noprogress", *extra]
+
+
+def _run(workdir, data_dir, env, *extra):
+    proc = subprocess.run(_cmd(workdir, data_dir, *extra), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def process_reference(data_dir, env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("process_ref")
+    _run(workdir, data_dir, env)
+    return workdir
+
+
+def _losses(workdir):
+    return {r["step"]: r["train/loss"] for r in metric_log.read_jsonl(Path(workdir) / "metrics.jsonl")}
+
+
+def _wait_for(predicate, proc, what, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"train.py ended before {what}: {proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_is_bitwise_equal(process_reference, data_dir, env, tmp_path):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(workdir, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for(lambda: any(s >= 4 for s in weights.run_steps(workdir)), proc, "checkpoint 4")
+    proc.kill()
+    proc.wait()
+    steps = weights.run_steps(workdir)
+    assert steps and steps[-1] < 12, steps
+    _run(workdir, data_dir, env)  # the same command again
+    a, b = weights.read_params(process_reference), weights.read_params(workdir)
+    assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
+    # metrics.jsonl: each step once, as in the uninterrupted run
+    assert [r["step"] for r in metric_log.read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 13))
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, env, tmp_path):
+    workdir = tmp_path / "term"
+    proc = subprocess.Popen(_cmd(workdir, data_dir, "--config.total_steps=100000", "--config.checkpoint.every=1000"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (workdir / "metrics.jsonl").is_file() and len(_losses(workdir)) >= 3, proc, "3 steps")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "preempted" in err
+    assert weights.run_steps(workdir) == [max(_losses(workdir))]  # saved exactly where it stopped
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(process_reference, data_dir, env, tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen(_cmd(tmp_path / "mp", data_dir, "--num_processes=2", f"--process_id={i}",
+                                   f"--coordinator=localhost:{port}"),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    ref, got = _losses(process_reference), _losses(tmp_path / "mp")
+    np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
