@@ -11,14 +11,20 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
     return img @ np.array([65.481, 128.553, 24.966]) + 16.0
 
 
-def psnr(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
-    """PSNR in dB between two ``[H, W, 3]`` RGB images with values in [0, 255]."""
+def _prepared(img: np.ndarray, ref: np.ndarray, crop_border: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as float64 with ``crop_border`` pixels cropped from each side."""
     img, ref = np.asarray(img, np.float64), np.asarray(ref, np.float64)
     if img.shape != ref.shape:
         raise ValueError(f"image shapes differ: {img.shape} vs {ref.shape}")
     if crop_border:
         img = img[crop_border:-crop_border, crop_border:-crop_border]
         ref = ref[crop_border:-crop_border, crop_border:-crop_border]
+    return img, ref
+
+
+def psnr(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
+    """PSNR in dB between two ``[H, W, 3]`` RGB images with values in [0, 255]."""
+    img, ref = _prepared(img, ref, crop_border)
     if test_y_channel:
         img, ref = rgb_to_y(img), rgb_to_y(ref)
     mse = np.mean((img - ref) ** 2)
@@ -47,12 +53,7 @@ def _ssim_channel(img: np.ndarray, ref: np.ndarray) -> float:
 def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int = 0, test_y_channel: bool = False) -> float:
     """SSIM (BasicSR's ``calculate_ssim``: 11x11 Gaussian window, sigma 1.5, valid region,
     averaged over channels) between two ``[H, W, 3]`` RGB images with values in [0, 255]."""
-    img, ref = np.asarray(img, np.float64), np.asarray(ref, np.float64)
-    if img.shape != ref.shape:
-        raise ValueError(f"image shapes differ: {img.shape} vs {ref.shape}")
-    if crop_border:
-        img = img[crop_border:-crop_border, crop_border:-crop_border]
-        ref = ref[crop_border:-crop_border, crop_border:-crop_border]
+    img, ref = _prepared(img, ref, crop_border)
     if test_y_channel:
         return _ssim_channel(rgb_to_y(img), rgb_to_y(ref))
     return float(np.mean([_ssim_channel(img[..., c], ref[..., c]) for c in range(img.shape[-1])]))
