@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 from PIL import Image
-from ml_collections import config_flags
 
 from edvr_jax import data, evaluation
+from edvr_jax.errors import UserError, define_config_flag, exit_on_user_error, parse_absl_flags
 from edvr_jax.io import InputError, read_clip
 from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A train.py config: its dataset, data config, "
+_CONFIG = define_config_flag("config", None, "A train.py config: its dataset, data config, "
                                           "validation padding and crop border become the defaults.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
 _DATASET = flags.DEFINE_string("dataset", "demo", "demo | reds4 | vid4 | vimeo90k_test | a folder with GT/ and LQ/.")
@@ -74,6 +74,10 @@ def print_table(results: list[evaluation.ClipResult], summary: dict) -> None:
 
 def main(argv):
     del argv
+    return exit_on_user_error(evaluate)
+
+
+def evaluate() -> None:
     if not _CHECKPOINT.value:
         raise app.UsageError("--checkpoint is required")
     from tqdm import tqdm
@@ -96,7 +100,7 @@ def main(argv):
         builder = data.load_builder(name, config=config, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
         reader = data.ClipReader(builder, split)
         if reader.scale != scale:
-            raise app.UsageError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
+            raise UserError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
         clips = list(data.eval_clips(reader, _CLIPS.value))
     else:
         clips = list(folder_clips(Path(dataset), _CLIPS.value))
@@ -139,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

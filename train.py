@@ -12,22 +12,25 @@ last checkpoint. The work itself is edvr_jax.training.train.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
+
+from edvr_jax.errors import define_config_flag, parse_absl_flags
 
 ROOT = Path(__file__).resolve().parent
 
-_CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "edvr.py") + ":demo",
-                                          "Config file and its argument (configs/edvr.py:VARIANT,...).")
+_CONFIG = define_config_flag("config", str(ROOT / "configs" / "edvr.py") + ":demo",
+                             "Config file and its argument (configs/edvr.py:VARIANT,...).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard). Default: runs/<config name>.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (process 0).")
+_CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List every --config.* field with its value and exit.")
 
 
 def _setup_logging() -> None:
@@ -45,14 +48,36 @@ def main(argv):
     del argv
     _setup_logging()
     from edvr_jax import training
+    from edvr_jax.errors import exit_on_user_error
 
-    cfg = _CONFIG.value
-    training.validate_config(cfg)  # before any device or data work
-    if _NUM_PROCESSES.value:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    training.train(cfg, Path(_WORKDIR.value or ROOT / "runs" / cfg.name), progress=_PROGRESS.value)
+    def run():
+        cfg = _CONFIG.value
+        if _CONFIG_HELP.value:
+            print(config_help(cfg))
+            return 0
+        training.validate_config(cfg)  # before any device or data work
+        if _NUM_PROCESSES.value:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+            jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        try:
+            training.train(cfg, Path(_WORKDIR.value or ROOT / "runs" / cfg.name), progress=_PROGRESS.value)
+        except training.TrainingError as e:  # the run failed, not its input: status 1, one line
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+
+    return exit_on_user_error(run)
+
+
+def config_help(cfg) -> str:
+    """Every field of ``cfg`` as it would be overridden, with its value; the recipes are described
+    in configs/edvr.py's docstring."""
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(cfg.to_dict())
+    width = max(len(".".join(k)) for k in flat)
+    return "\n".join(["Fields of the config (override with --config.FIELD=VALUE; variants: configs/edvr.py's docstring):"]
+                     + [f"  --config.{'.'.join(k):<{width}}  {v!r}" for k, v in flat.items()])
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from edvr_jax import weights
+from edvr_jax.errors import UserError
 
 log = logging.getLogger("edvr_jax")
 
@@ -33,11 +34,11 @@ RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint.", "d
 LOCK_FILE = ".lock"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(UserError, ValueError):
     pass
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(UserError, RuntimeError):
     pass
 
 

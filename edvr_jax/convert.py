@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from edvr_jax.errors import MissingDependencyError, UserError, exit_on_user_error
 from edvr_jax.models.edvr import EDVR
 
 # Flax path (dot-joined) -> BasicSR key, applied in order to the module part of the path.
@@ -41,7 +42,7 @@ _FLAX_TO_TORCH = [
 ]
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A state dict that does not fit the model: names the offending keys."""
 
 
@@ -225,7 +226,8 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
         try:
             import torch
         except ImportError as e:
-            raise ImportError(f"reading {path} needs PyTorch (CPU build is enough): pip install torch==2.13.0") from e
+            raise MissingDependencyError(f"reading {path} needs PyTorch (CPU build is enough): pip install "
+                                         f"torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") from e
         import pickle
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -260,19 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from edvr_jax import weights
 
-    try:
+    def run():
         sd = read_state_dict(args.input, args.key)
         config = infer_config(sd)
         config["center_frame_idx"] = args.center_frame_idx
         model = EDVR(**config)
         variables = from_basicsr(sd, model)
         out = weights.save_weights(args.output, model, variables["params"], force=args.force)
-    except (ConversionError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    n = sum(v.size for v in jax.tree.leaves(variables))
-    print(f"wrote {out}: EDVR({', '.join(f'{k}={v}' for k, v in config.items())}), {n:,} parameters")
-    return 0
+        n = sum(v.size for v in jax.tree.leaves(variables))
+        print(f"wrote {out}: EDVR({', '.join(f'{k}={v}' for k, v in config.items())}), {n:,} parameters")
+
+    return exit_on_user_error(run)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from edvr_jax import convert, weights
+from edvr_jax.errors import UserError, exit_on_user_error
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 
 
 def _check_single(model) -> EDVR:
     if not isinstance(model, EDVR):
-        raise ValueError("this export format takes a one-stage EDVR; export the stages of a two-stage model "
+        raise UserError("this export format takes a one-stage EDVR; export the stages of a two-stage model "
                          "separately")
     return model
 
@@ -100,24 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=sorted(FORMATS), default="params")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        print(f"error: {out} exists; pass --force to overwrite", file=sys.stderr)
-        return 2
-    try:
-        model, params = weights.load_model(args.checkpoint)
-        if args.format == "params":
-            export_params(model, params, out, force=args.force)
-        else:
-            if out.exists():
-                import shutil
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
-            FORMATS[args.format](model, params, out)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({args.format})")
-    return 0
+    return exit_on_user_error(lambda: export(args.checkpoint, args.out, args.format, force=args.force))
+
+
+def export(checkpoint: str | Path, out: str | Path, fmt: str, force: bool = False) -> Path:
+    """Exports the weights at ``checkpoint`` (any kind ``edvr_jax.load_model`` reads) as ``fmt``."""
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; expected one of {sorted(FORMATS)}")
+    if fmt == "safetensors" and out.suffix != ".safetensors":
+        raise UserError(f"--format safetensors writes a .safetensors file (edvr_jax.load tells weights files by "
+                        f"their suffix); got {out}")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite")
+    model, params = weights.load_model(checkpoint)
+    model = model.clone(offset_warning=False)  # no host callbacks in an exported graph
+    if fmt == "params":
+        export_params(model, params, out, force=force)
+    else:
+        if out.exists():
+            import shutil
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        FORMATS[fmt](model, params, out)
+    print(f"wrote {out} ({fmt})")
+    return out
 
 
 if __name__ == "__main__":

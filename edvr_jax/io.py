@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from edvr_jax.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v")
 
@@ -18,7 +20,7 @@ def to_uint8(img: np.ndarray, scale: float = 255.0) -> np.ndarray:
     return np.clip(np.round(np.asarray(img, np.float64) * scale), 0, 255).astype(np.uint8)
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input clip that cannot be used as it is; the message names the file and the problem."""
 
 
@@ -30,6 +32,7 @@ def read_rgb(path: str | os.PathLike, error: type[Exception] = InputError) -> np
         raise error(f"missing frame: {path}")
     try:
         with Image.open(path) as img:
+            sixteen_bit = any("16" in str(tile[-1]) for tile in img.tile)  # raw mode, e.g. 'RGB;16B'; PIL keeps 8 bits
             img.load()
             mode = img.mode
             arr = np.asarray(img)
@@ -37,6 +40,9 @@ def read_rgb(path: str | os.PathLike, error: type[Exception] = InputError) -> np
         raise error(f"cannot decode {path}: {e}") from e
     if mode != "RGB":
         raise error(f"{path} is a {mode!r} image; expected 8-bit RGB")
+    if arr.dtype != np.uint8 or sixteen_bit:
+        raise error(f"{path} is a 16-bit image; edvr-jax reads 8-bit RGB frames (convert it first, e.g. "
+                    f"ffmpeg -i IN -pix_fmt rgb24 OUT.png)")
     return arr
 
 
@@ -94,6 +100,10 @@ class Writer:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
         self.video = self.path.suffix.lower() in VIDEO_SUFFIXES
+        if self.path.suffix and not self.video and not self.path.is_dir():
+            raise InputError(f"{self.path}: an output is a folder of PNG frames (a name without a suffix) or a "
+                             f"video ({', '.join(VIDEO_SUFFIXES)}), not a {self.path.suffix!r} file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.partial = self.path.with_name(self.path.name + ".partial")
         if self.partial.exists():
             shutil.rmtree(self.partial) if self.partial.is_dir() else self.partial.unlink()

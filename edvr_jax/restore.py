@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from edvr_jax.errors import exit_on_user_error
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
 from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
@@ -32,19 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, help="output video frame rate (default: the input's, or 25)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    return exit_on_user_error(lambda: restore(args))
+
+
+def restore(args) -> None:
     from tqdm import tqdm
 
-    try:
-        frames, names, fps = read_clip(args.input)
-        restorer = load(args.checkpoint, padding=args.padding, batch_size=args.batch_size, tile=args.tile,
-                        tile_overlap=args.tile_overlap)
-        if len(frames) < restorer.num_frame:
-            raise InputError(f"{args.input} has {len(frames)} frames, fewer than the model's "
-                             f"{restorer.num_frame}-frame window")
-        writer = Writer(args.output, fps=args.fps or fps, overwrite=args.overwrite)
-    except (InputError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    frames, names, fps = read_clip(args.input)
+    restorer = load(args.checkpoint, padding=args.padding, batch_size=args.batch_size, tile=args.tile,
+                    tile_overlap=args.tile_overlap)
+    if len(frames) < restorer.num_frame:
+        raise InputError(f"{args.input} has {len(frames)} frames, fewer than the model's "
+                         f"{restorer.num_frame}-frame window")
+    writer = Writer(args.output, fps=args.fps or fps, overwrite=args.overwrite)
     ok = False
     start = time.perf_counter()
     try:
@@ -52,15 +53,15 @@ def main(argv: list[str] | None = None) -> int:
             for i, out in restorer.frames(frames):
                 writer.write(to_uint8(out), names[i])
                 bar.update(1)
+        writer.close(ok=True)
         ok = True
     finally:
-        writer.close(ok)
         if not ok:
+            writer.close(ok=False)
             print(f"error: restoration stopped; the frames written so far are in {writer.partial}", file=sys.stderr)
     rate = len(frames) / (time.perf_counter() - start)
     print(f"restored {len(frames)} frames {frames.shape[2]}x{frames.shape[1]} -> x{restorer.scale} into "
           f"{args.output} ({rate:.2f} frames/s)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import math
@@ -30,6 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from edvr_jax import checkpointing, metric_log, optim, sharding, weights
+from edvr_jax.errors import UserError
 from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
 from edvr_jax.models.edvr import EDVR
 from edvr_jax.temporal import PADDING_MODES
@@ -41,7 +43,7 @@ class TrainingError(RuntimeError):
     pass
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field whose value cannot work; the message names the field, its value and what is allowed."""
 
 
@@ -397,15 +399,39 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
                     mngr.wait_until_finished()
                     log.warning("preempted: saved step %d to %s, exiting", step, mngr.directory)
                     break
+    except Exception as e:
+        if not _is_disk_full(e):
+            raise
+        raise TrainingError(f"no space left on the device of {mngr.directory} while saving a checkpoint at step "
+                            f"{step}; the newest complete checkpoint is step {max(weights.run_steps(workdir), default=None)}. "
+                            f"Free some space and run the same command to resume from it.") from None
     finally:
-        mngr.wait_until_finished()
-        mngr.close()
+        try:
+            mngr.wait_until_finished()
+            mngr.close()
+        except Exception as e:  # noqa: BLE001  already reported above, or reported now without a second traceback
+            if not _is_disk_full(e):
+                raise
         bar.close()
         writer.close()
         del batches
     if lead and progress and step >= cfg.total_steps:
         _print_epilogue(workdir, summary)
     return summary
+
+
+def _is_disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it came from is a full disk (an OSError, or TensorStore's
+    RESOURCE_EXHAUSTED write error as Orbax passes it on)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text or (
+                "RESOURCE_EXHAUSTED" in text and "writ" in text.lower()):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _save(mngr, workdir: Path, model: EDVR, cfg, step: int, state, batches, val_metrics, force: bool) -> None:

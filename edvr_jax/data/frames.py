@@ -11,11 +11,12 @@ import numpy as np
 from PIL import Image
 
 from edvr_jax import io as clip_io
+from edvr_jax.errors import UserError
 
 DATASET_SUFFIXES = clip_io.IMAGE_SUFFIXES[:4]  # .png, .jpg, .jpeg, .bmp
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder or file that does not have the expected layout or content."""
 
 

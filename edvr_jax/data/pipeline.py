@@ -11,7 +11,9 @@ and the iterator's state (a position) is saved and restored with Orbax
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,6 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from edvr_jax.data.frames import DatasetError, decode_png
+
+log = logging.getLogger("edvr_jax")
 
 # Short dataset names -> (TFDS builder class name, default config).
 DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
@@ -41,14 +45,36 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     if tfds_name not in tfds.list_builders():
         raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
-    if not builder.is_prepared():
-        if tfds_name != "edvr_demo" and manual_dir is None:
-            raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
-                               f"{builder.data_dir}; pass its folder as manual_dir (see "
-                               f"{type(builder).__name__}'s docstring for the layout)")
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    if builder.is_prepared():
+        return builder
+    if tfds_name != "edvr_demo" and manual_dir is None:
+        raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
+                           f"{builder.data_dir}; pass its folder as manual_dir (see "
+                           f"{type(builder).__name__}'s docstring for the layout)")
+    with _build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
+        builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
+        if not builder.is_prepared():
+            log.info("building dataset %s/%s into %s (once; set TFDS_DATA_DIR or data_dir to move it)", tfds_name,
+                     builder.builder_config.name, builder.data_dir)
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     return builder
+
+
+@contextlib.contextmanager
+def _build_lock(builder: tfds.core.DatasetBuilder):
+    """An exclusive ``flock`` per dataset, config and version under the data dir."""
+    import fcntl
+
+    locks = Path(builder.data_dir_root) / ".edvr_jax_locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"{builder.name}-{builder.builder_config.name}-{builder.version}.lock"
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class ClipReader:
