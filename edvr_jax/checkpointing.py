@@ -119,12 +119,14 @@ def save(mngr: ocp.CheckpointManager, step: int, state, iterator, metrics: Mappi
 def restore_latest(mngr: ocp.CheckpointManager, state, iterator, steps: Sequence[int] | None = None):
     """The newest checkpoint that restores, onto ``state``'s shapes and shardings (and the data
     iterator set to its position), or None when there is none. Unfinished saves are never
-    visible (Orbax commits a step by renaming its directory when the write is complete); a
-    committed step that fails to restore (damaged files) is skipped with a warning naming it."""
+    visible (Orbax commits a step by renaming its directory when the write is complete). A
+    committed step that fails to restore (damaged files) is moved aside to ``<step>.damaged``
+    with a warning naming it, and the next older one is tried."""
     import grain.python as grain
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     steps = sorted(mngr.all_steps() if steps is None else steps, reverse=True)
+    damaged = []
     for step in steps:
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(**{
@@ -134,10 +136,16 @@ def restore_latest(mngr: ocp.CheckpointManager, state, iterator, steps: Sequence
             first = str(e).splitlines()[0][:300] if str(e) else ""
             log.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying an earlier step", step,
                         mngr.directory, type(e).__name__, first)
+            damaged.append(step)
             continue
-        if step != steps[0]:
-            log.warning("resumed from step %d: the newer step(s) %s could not be restored", step,
-                        [s for s in steps if s > step])
+        if damaged:
+            if jax.process_index() == 0:
+                for s in damaged:  # out of the way of the steps this run will save again; kept for inspection
+                    src = Path(mngr.directory) / str(s)
+                    src.rename(src.with_name(f"{s}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"))
+            mngr.reload()
+            log.warning("resumed from step %d: the newer step(s) %s could not be restored and were moved aside "
+                        "(%s/<step>.damaged-*)", step, damaged, mngr.directory)
         return restored[weights.RUN_STATE]
     if steps:
         raise RuntimeError(f"no checkpoint in {mngr.directory} restores (tried steps {steps}); move the directory "

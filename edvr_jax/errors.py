@@ -34,10 +34,15 @@ def exit_on_user_error(fn: Callable[[], int | None]) -> int:
 
 
 def _unknown_field(e: BaseException, argv: list[str]) -> None:
-    name = str(e).strip("\"'")
-    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and a.split("=")[0].endswith(name)]
+    text = str(e.args[0]) if e.args else str(e)
+    while isinstance(e.args[0] if e.args else None, BaseException):  # AttributeError(KeyError(...))
+        e = e.args[0]
+        text = str(e.args[0]) if e.args else str(e)
+    name, _, hint = text.partition("\n")
+    name = name.strip("\"'\\")
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{name}." in a.split("=")[0] + "."]
     print(f"error: the config has no field {name!r} ({', '.join(given) or 'a --config. flag'}); "
-          f"`--config_help` lists every field with its value", file=sys.stderr)
+          f"{hint.strip() + ' ' if hint.strip() else ''}`--config_help` lists every field with its value", file=sys.stderr)
     sys.exit(2)
 
 

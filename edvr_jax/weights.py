@@ -166,7 +166,8 @@ def save_weights(out_dir: str | os.PathLike, model: EDVR | TwoStageEDVR, params:
     return out
 
 
-def _abstract_params(model: EDVR | TwoStageEDVR) -> dict[str, Any]:
+def abstract_params(model: EDVR | TwoStageEDVR) -> dict[str, Any]:
+    """The parameter tree of ``model`` as shapes and dtypes, computed without running it."""
     return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 16, 16)))["params"]
 
 
@@ -178,7 +179,7 @@ def load_weights(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str
     path = Path(path).absolute()
     header = read_header(path)
     model = header.build()
-    target = {"params": _abstract_params(model)}
+    target = {"params": abstract_params(model)}
     with ocp.StandardCheckpointer() as ckptr:
         saved = ckptr.metadata(path / "params").item_metadata.tree
         want = traverse_util.flatten_dict(dict(target), sep="/")
@@ -226,7 +227,7 @@ def read_run_params(workdir: str | os.PathLike, ema: bool | None = None, step: i
     except Exception as e:  # Orbax/TensorStore errors on damaged files are not specific; name what failed
         raise ConversionError(f"{workdir}: checkpoint step {step} ({item}) cannot be read, it may be damaged: "
                               f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. Earlier "
-                              f"steps: {steps[:-1] or 'none'}") from e
+                              f"steps: {[s for s in steps if s < step] or 'none'}") from e
     return jax.tree.map(np.asarray, state[key])
 
 
