@@ -22,10 +22,9 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from edvr_jax import data, evaluation
-from edvr_jax.errors import UserError, define_config_flag, exit_on_user_error, parse_absl_flags
+from edvr_jax.cli import define_config_flag, exit_on_user_error, parse_absl_flags, quiet_dependencies
+from edvr_jax.errors import UserError
 from edvr_jax.io import InputError, read_clip
-from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
 
 _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, data config, "
@@ -43,6 +42,7 @@ _TILE = flags.DEFINE_integer("tile", None, "LQ tile side for large frames; defau
 _CLIPS = flags.DEFINE_list("clips", None, "Only these clips.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: eval_<dataset> beside the checkpoint).")
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Write the restored frames as PNGs.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Keep the dependencies' log lines (Orbax, TFDS, TensorFlow).")
 _SIDE_BY_SIDE = flags.DEFINE_bool("side_by_side", True, "Write input | output | GT of each clip's middle frame.")
 
 SPLITS = {"demo": ("demo", "test"), "reds4": ("reds", "reds4"), "vid4": ("vid4", "test"),
@@ -60,10 +60,14 @@ def folder_clips(root: Path, clips: list[str] | None):
         lq, lq_names, _ = read_clip(lq_root / name)
         if gt_names != lq_names:
             raise InputError(f"clip {name}: GT and LQ frame names differ ({gt_names[:3]}... vs {lq_names[:3]}...)")
-        yield data.EvalClip(name, lq, gt)
+        from edvr_jax.data import EvalClip
+
+        yield EvalClip(name, lq, gt)
 
 
 def print_table(results: list[evaluation.ClipResult], summary: dict) -> None:
+    from edvr_jax import evaluation
+
     head = f"{'clip':>12} " + " ".join(f"{k:>8} {'(base)':>8}" for k in evaluation.METRICS)
     print(head)
     for r in results + [None]:
@@ -74,10 +78,14 @@ def print_table(results: list[evaluation.ClipResult], summary: dict) -> None:
 
 def main(argv):
     del argv
+    quiet_dependencies(_VERBOSE.value)
     return exit_on_user_error(evaluate)
 
 
 def evaluate() -> None:
+    from edvr_jax import data, evaluation
+    from edvr_jax.restorer import load
+
     if not _CHECKPOINT.value:
         raise app.UsageError("--checkpoint is required")
     from tqdm import tqdm

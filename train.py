@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from edvr_jax.errors import define_config_flag, parse_absl_flags
+from edvr_jax.cli import define_config_flag, exit_on_user_error, parse_absl_flags, quiet_dependencies
 
 ROOT = Path(__file__).resolve().parent
 
@@ -31,11 +31,14 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (process 0).")
 _CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List every --config.* field with its value and exit.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Keep the dependencies' log lines (Orbax, TFDS, TensorFlow).")
 
 
 def _setup_logging() -> None:
-    """Our progress messages at INFO on stderr; libraries (Orbax, TFDS) at WARNING."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
+    """Our progress messages at INFO on stderr; the libraries' only with --verbose."""
+    quiet_dependencies(_VERBOSE.value)
+    if _VERBOSE.value:
+        absl_logging.set_verbosity(absl_logging.INFO)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("edvr_jax")
@@ -48,7 +51,6 @@ def main(argv):
     del argv
     _setup_logging()
     from edvr_jax import training
-    from edvr_jax.errors import exit_on_user_error
 
     def run():
         cfg = _CONFIG.value

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edvr_jax.errors import MissingDependencyError, UserError, exit_on_user_error
+from edvr_jax.errors import MissingDependencyError, UserError
 from edvr_jax.models.edvr import EDVR
 
 # Flax path (dot-joined) -> BasicSR key, applied in order to the module part of the path.
@@ -259,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
                         "falling back to params_ema)")
     parser.add_argument("--center-frame-idx", type=int, default=None, help="if the model used a non-default centre")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
+    parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
     args = parser.parse_args(argv)
     from edvr_jax import weights
+    from edvr_jax.cli import exit_on_user_error, quiet_dependencies
+
+    quiet_dependencies(args.verbose)
 
     def run():
         sd = read_state_dict(args.input, args.key)

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from edvr_jax import convert, weights
-from edvr_jax.errors import UserError, exit_on_user_error
+from edvr_jax.cli import exit_on_user_error, quiet_dependencies
+from edvr_jax.errors import UserError
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 
 
@@ -100,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out")
     parser.add_argument("--format", choices=sorted(FORMATS), default="params")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
+    parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
     args = parser.parse_args(argv)
+    quiet_dependencies(args.verbose)
     return exit_on_user_error(lambda: export(args.checkpoint, args.out, args.format, force=args.force))
 
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from edvr_jax.errors import exit_on_user_error
+from edvr_jax.cli import exit_on_user_error, quiet_dependencies
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
 from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="windows (or tiles) per model call")
     parser.add_argument("--fps", type=float, help="output video frame rate (default: the input's, or 25)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
     args = parser.parse_args(argv)
+    quiet_dependencies(args.verbose)
     return exit_on_user_error(lambda: restore(args))
 
 

@@ -21,6 +21,7 @@ same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -214,14 +215,15 @@ def read_run_params(workdir: str | os.PathLike, ema: bool | None = None, step: i
     item = (Path(workdir) / RUN_CHECKPOINTS / str(step) / RUN_STATE).absolute()
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
             saved = ckptr.metadata(item).item_metadata.tree
             use_ema = "ema_params" in saved if ema is None else ema
             if use_ema and "ema_params" not in saved:
                 raise ConversionError(f"{workdir}: the run kept no EMA parameters (its ema_decay is 0)")
             key = "ema_params" if use_ema else "params"
             target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved[key])}
-            state = ckptr.restore(item, args=ocp.args.PyTreeRestore(item=target, partial_restore=True))
+            state = ckptr.restore(item, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     except ConversionError:
         raise
     except Exception as e:  # Orbax/TensorStore errors on damaged files are not specific; name what failed
@@ -229,6 +231,20 @@ def read_run_params(workdir: str | os.PathLike, ema: bool | None = None, step: i
                               f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. Earlier "
                               f"steps: {[s for s in steps if s < step] or 'none'}") from e
     return jax.tree.map(np.asarray, state[key])
+
+
+@contextlib.contextmanager
+def _orbax_quiet():
+    """Orbax warns through absl that a run's step item has no step metadata of its own (it is one
+    level up); nothing is wrong, so read without that line."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
 
 
 # ----------------------------------------------------------------------------------- any kind of path

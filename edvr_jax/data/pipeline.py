@@ -42,7 +42,7 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
 
     tfds_name, default_config = DATASETS.get(name, (name, None))
-    if tfds_name not in tfds.list_builders():
+    if tfds_name not in {n for n, _ in DATASETS.values()}:  # (tfds.list_builders() would query GCS)
         raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
     if builder.is_prepared():

@@ -1,0 +1,77 @@
+"""What every command line (train.py, eval.py, ``python -m edvr_jax.{restore,convert,export}``)
+shares: user errors as one ``error: ...`` line and status 2, config flag errors likewise, and
+our own output without the dependencies' log chatter (``--verbose`` keeps it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from edvr_jax.errors import USER_ERRORS
+
+
+def quiet_dependencies(verbose: bool = False) -> None:
+    """Orbax, TFDS and JAX log through absl at INFO and TensorFlow's C++ code prints its own
+    lines; unless ``verbose``, keep only their errors. Call before TensorFlow is imported."""
+    if verbose:
+        return
+    from absl import logging as absl_logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    for name in ("jax._src.xla_bridge", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def exit_on_user_error(fn: Callable[[], int | None]) -> int:
+    """Runs a CLI body; a user error becomes ``error: <message>`` on stderr and status 2."""
+    try:
+        return fn() or 0
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _unknown_field(e: BaseException, argv: list[str]) -> None:
+    text = str(e.args[0]) if e.args else str(e)
+    while isinstance(e.args[0] if e.args else None, BaseException):  # AttributeError(KeyError(...))
+        e = e.args[0]
+        text = str(e.args[0]) if e.args else str(e)
+    name, _, hint = text.partition("\n")
+    name = name.strip("\"'\\")
+    given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and f".{name}." in a.split("=")[0] + "."]
+    print(f"error: the config has no field {name!r} ({', '.join(given) or 'a --config. flag'}); "
+          f"{hint.strip() + ' ' if hint.strip() else ''}`--config_help` lists every field with its value", file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config_flag(name: str, default: str | None, help_string: str):
+    """``config_flags.DEFINE_config_file`` for a main. ml_collections applies ``--config.*``
+    overrides as it defines the flag; one naming a field the config does not have ends in one
+    line and status 2 instead of a traceback."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string)
+    except (AttributeError, KeyError) as e:
+        _unknown_field(e, sys.argv)
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+    """``absl.app.run``'s ``flags_parser`` for our mains: a bad flag ends in one line and status 2."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections, on a --config.<field> the config does not have
+        _unknown_field(e, argv)
+    except flags.Error as e:
+        text = str(e)
+        if "Traceback (most recent call last)" in text:  # ml_collections quotes the config file's traceback
+            text = f"{text.splitlines()[0]} {text.strip().splitlines()[-1]}"
+        print(f"error: {text}", file=sys.stderr)
+    except ValueError as e:  # the config file's get_config refusing its argument
+        print(f"error: --config: {e}", file=sys.stderr)
+    sys.exit(2)
