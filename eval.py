@@ -136,7 +136,9 @@ def evaluate() -> None:
     bar.close()
     summary = evaluation.summarize(results)
     print_table(results, summary)
-    report = {"checkpoint": str(_CHECKPOINT.value), "dataset": dataset, "padding": restorer.padding,
+    from edvr_jax import weights
+
+    report = {"checkpoint": str(_CHECKPOINT.value), "weights": weights.describe(_CHECKPOINT.value), "dataset": dataset, "padding": restorer.padding,
               "crop_border": crop_border, "seconds": time.perf_counter() - start, "average": summary,
               "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -12,6 +12,18 @@ from typing import Callable
 from edvr_jax.errors import USER_ERRORS
 
 
+def underscore_flags(argv: list[str] | None) -> list[str]:
+    """Flags are spelled with underscores everywhere (absl's style, train.py and eval.py); the
+    argparse CLIs also take the dashed spelling: ``--batch-size`` -> ``--batch_size``."""
+    out = []
+    for a in sys.argv[1:] if argv is None else argv:
+        if a.startswith("--") and not a.startswith("---"):
+            name, eq, value = a.partition("=")
+            a = "--" + name[2:].replace("-", "_") + eq + value
+        out.append(a)
+    return out
+
+
 def quiet_dependencies(verbose: bool = False) -> None:
     """Orbax, TFDS and JAX log through absl at INFO and TensorFlow's C++ code prints its own
     lines; unless ``verbose``, keep only their errors. Call before TensorFlow is imported."""

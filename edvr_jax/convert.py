@@ -257,13 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="output directory (config.json + Orbax 'params')")
     parser.add_argument("--key", default=None, help="entry to read: params or params_ema (default: params, "
                         "falling back to params_ema)")
-    parser.add_argument("--center-frame-idx", type=int, default=None, help="if the model used a non-default centre")
+    parser.add_argument("--center_frame_idx", type=int, default=None, help="if the model used a non-default centre")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty output directory")
     parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
-    args = parser.parse_args(argv)
     from edvr_jax import weights
-    from edvr_jax.cli import exit_on_user_error, quiet_dependencies
+    from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
 
+    args = parser.parse_args(underscore_flags(argv))
     quiet_dependencies(args.verbose)
 
     def run():

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edvr_jax import convert, weights
-from edvr_jax.cli import exit_on_user_error, quiet_dependencies
+from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
 from edvr_jax.errors import UserError
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=sorted(FORMATS), default="params")
     parser.add_argument("--force", action="store_true", help="overwrite OUT")
     parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(underscore_flags(argv))
     quiet_dependencies(args.verbose)
     return exit_on_user_error(lambda: export(args.checkpoint, args.out, args.format, force=args.force))
 

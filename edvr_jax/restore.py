@@ -1,6 +1,6 @@
 """Restore a video or a folder of frames with a trained or converted EDVR.
 
-    python -m edvr_jax.restore INPUT OUTPUT --checkpoint CKPT [--tile 128] [--batch-size 4]
+    python -m edvr_jax.restore INPUT OUTPUT --checkpoint CKPT [--tile 128] [--batch_size 4]
 
 INPUT: a folder of frames or a video file. OUTPUT: a folder (PNG frames, named as the
 input frames) or a video file (.mp4, .mkv, ...). CKPT: a train.py workdir, an
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from edvr_jax.cli import exit_on_user_error, quiet_dependencies
+from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
 from edvr_jax.restorer import load
 from edvr_jax.temporal import PADDING_MODES
@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--padding", choices=PADDING_MODES, help="temporal padding (default: per task, as BasicSR)")
     parser.add_argument("--tile", type=int, help="LQ tile side for large frames (e.g. 128); default: whole frames")
-    parser.add_argument("--tile-overlap", type=int, default=16, help="LQ pixels shared by neighbouring tiles")
-    parser.add_argument("--batch-size", type=int, default=1, help="windows (or tiles) per model call")
+    parser.add_argument("--tile_overlap", type=int, default=16, help="LQ pixels shared by neighbouring tiles")
+    parser.add_argument("--batch_size", type=int, default=1, help="windows (or tiles) per model call")
     parser.add_argument("--fps", type=float, help="output video frame rate (default: the input's, or 25)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="keep the dependencies' log lines")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(underscore_flags(argv))
     quiet_dependencies(args.verbose)
     return exit_on_user_error(lambda: restore(args))
 

@@ -274,6 +274,22 @@ def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str, 
     return read_header(path).build(), read_run_params(path)
 
 
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``load_model(path)`` reads, for a report: the kind, and for a train run the step and
+    whether the parameters are the EMA ones."""
+    path = Path(path)
+    kind = kind_of(path)
+    info: dict[str, Any] = {"path": str(path), "kind": kind}
+    if kind == "train_run":
+        import orbax.checkpoint as ocp
+
+        step = run_steps(path)[-1]
+        with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
+            saved = ckptr.metadata(path / RUN_CHECKPOINTS / str(step) / RUN_STATE).item_metadata.tree
+        info.update(step=step, params="ema_params" if "ema_params" in saved else "params")
+    return info
+
+
 def read_params(path: str | os.PathLike, ema: bool | None = None) -> dict[str, Any]:
     """The parameters (Flax layout, numpy) at any kind of path; ``ema`` as ``read_run_params``."""
     if kind_of(path) == "train_run":
