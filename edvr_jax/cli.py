@@ -40,7 +40,8 @@ def quiet_dependencies(verbose: bool = False) -> None:
 def exit_on_user_error(fn: Callable[[], int | None]) -> int:
     """Runs a CLI body; a user error becomes ``error: <message>`` on stderr and status 2."""
     try:
-        return fn() or 0
+        status = fn()
+        return status if isinstance(status, int) else 0
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,11 +29,14 @@ from edvr_jax.errors import UserError
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 
 
-def _check_single(model) -> EDVR:
-    if not isinstance(model, EDVR):
-        raise UserError("this export format takes a one-stage EDVR; export the stages of a two-stage model "
-                         "separately")
-    return model
+def _input_multiple(model: EDVR | TwoStageEDVR) -> int:
+    """Input H and W must be multiples of this (a two-stage model: its first stage's)."""
+    return model.stages()[0].size_multiple if isinstance(model, TwoStageEDVR) else model.size_multiple
+
+
+def _header(model: EDVR | TwoStageEDVR) -> dict[str, Any]:
+    name, config = weights.model_header(model)
+    return {"model": name, "config": config}
 
 
 def export_params(model: EDVR | TwoStageEDVR, params: Any, out: Path, force: bool = False) -> Path:
@@ -42,52 +45,53 @@ def export_params(model: EDVR | TwoStageEDVR, params: Any, out: Path, force: boo
     return weights.save_weights(out, model, params, force=force)
 
 
-def export_safetensors(model: EDVR, params: Any, out: Path) -> Path:
-    """BasicSR's key names and layouts (loadable by BasicSR's EDVR as well), config in ``out.json``."""
+def export_safetensors(model: EDVR | TwoStageEDVR, params: Any, out: Path) -> Path:
+    """BasicSR's key names and layouts (an EDVR's file loads in BasicSR's EDVR as well; a two-stage
+    model's keys are prefixed ``stage1.`` / ``stage2.``), the header in ``out.json``."""
     from safetensors.numpy import save_file
 
-    sd = convert.to_basicsr({"params": params})
+    if isinstance(model, TwoStageEDVR):
+        sd = {f"{stage}.{k}": v for stage in ("stage1", "stage2")
+              for k, v in convert.to_basicsr({"params": params[stage]}).items()}
+    else:
+        sd = convert.to_basicsr({"params": params})
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(out))
-    out.with_suffix(".json").write_text(json.dumps({"model": "EDVR", "config": _check_single(model).config()},
-                                                   indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(_header(model), indent=2) + "\n")
     return out
 
 
-def _polymorphic(model: EDVR) -> str:
-    m = model.size_multiple
+def _polymorphic(model: EDVR | TwoStageEDVR) -> str:
+    m = _input_multiple(model)
     return f"b, {model.num_frame}, {m}*h, {m}*w, 3"
 
 
-def export_jax(model: EDVR, params: Any, out: Path) -> Path:
+def export_jax(model: EDVR | TwoStageEDVR, params: Any, out: Path) -> Path:
     """A serialized ``jax.export.Exported`` with symbolic batch, height and width."""
     from jax import export
 
-    model = _check_single(model)
     b, h, w = export.symbolic_shape("b, h, w")
-    m = model.size_multiple
+    m = _input_multiple(model)
     fn = jax.jit(lambda x: model.apply({"params": params}, x))
     exported = export.export(fn, platforms=("cpu", "cuda", "tpu"))(
         jax.ShapeDtypeStruct((b, model.num_frame, m * h, m * w, 3), jnp.float32))
     out.write_bytes(exported.serialize())
-    out.with_suffix(".json").write_text(json.dumps({"model": "EDVR", "config": model.config(),
-                                                    "input": f"float32[{_polymorphic(model)}] in [0, 1]"}, indent=2)
-                                        + "\n")
+    out.with_suffix(".json").write_text(json.dumps({**_header(model), "input": f"float32[{_polymorphic(model)}] "
+                                                    "in [0, 1]"}, indent=2) + "\n")
     return out
 
 
-def export_savedmodel(model: EDVR, params: Any, out: Path) -> Path:
+def export_savedmodel(model: EDVR | TwoStageEDVR, params: Any, out: Path) -> Path:
     """A TensorFlow SavedModel (``serving_default``: ``frames`` -> ``output``) via jax2tf."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    model = _check_single(model)
     fn = jax2tf.convert(lambda x: model.apply({"params": params}, x), polymorphic_shapes=[f"({_polymorphic(model)})"],
                         native_serialization_platforms=("cpu", "cuda", "tpu"))
     module = tf.Module()
     module.restore = tf.function(lambda frames: {"output": fn(frames)}, autograph=False, input_signature=[
         tf.TensorSpec([None, model.num_frame, None, None, 3], tf.float32, name="frames")])
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.restore})
-    (out / "edvr_config.json").write_text(json.dumps({"model": "EDVR", "config": model.config()}, indent=2) + "\n")
+    (out / "edvr_config.json").write_text(json.dumps(_header(model), indent=2) + "\n")
     return out
 
 

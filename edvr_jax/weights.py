@@ -262,12 +262,12 @@ def load_model(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str, 
                 meta = json.loads(side.read_text())
             except json.JSONDecodeError as e:
                 raise ConversionError(f"{side}: invalid JSON ({e})") from None
-            header = _parse_header(meta, str(side))
-            if header.model != "EDVR":
-                raise ConversionError(f"{side}: a state-dict file holds one EDVR, not a {header.model}")
-            model = header.build()
+            model = _parse_header(meta, str(side)).build()
         else:
             model = EDVR(**convert.infer_config(sd))
+        if isinstance(model, TwoStageEDVR):  # export --format safetensors: keys prefixed stage1. / stage2.
+            return model, {name: convert.from_basicsr(_prefixed(sd, f"{name}.", path), stage)["params"]
+                           for name, stage in zip(("stage1", "stage2"), model.stages())}
         return model, convert.from_basicsr(sd, model)["params"]
     if kind == "weights":
         return load_weights(path)
@@ -288,6 +288,13 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
             saved = ckptr.metadata(path / RUN_CHECKPOINTS / str(step) / RUN_STATE).item_metadata.tree
         info.update(step=step, params="ema_params" if "ema_params" in saved else "params")
     return info
+
+
+def _prefixed(state_dict: Mapping[str, Any], prefix: str, source: Path) -> dict[str, Any]:
+    out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not out:
+        raise ConversionError(f"{source}: its header says TwoStageEDVR but no key starts with {prefix!r}")
+    return out
 
 
 def read_params(path: str | os.PathLike, ema: bool | None = None) -> dict[str, Any]:
