@@ -33,6 +33,42 @@ backward pass is written out (custom VJP, chunked the same way): it recomputes
 each chunk's corners instead of storing the columns, forms the offset and mask
 gradients in closed form, and scatter-adds each corner's weighted column
 gradient into the input's table rows.
+
+Two implementations behind ``modulated_deform_conv``, with equal results (tests:
+values and all gradients, f32 and bf16):
+
+* **gather** (this module): the reference formulation, and the path on CPU, TPU
+  and ROCm. Described below.
+* **pallas** (``deform_conv_pallas.py``): Pallas Triton kernels for CUDA GPUs, an
+  implicit GEMM that samples each tile's bilinear corners on chip and contracts
+  them with the kernel per tap, never writing the im2col columns to HBM; the
+  backward recomputes the samples per tap and writes offset/mask gradients once,
+  kernel gradients as per-program partials, input gradients by atomic adds.
+
+``impl="auto"`` (default) picks per *lowering* platform with
+``lax.platform_dependent``: CUDA -> pallas when the shapes suit the kernels
+(``deform_conv_pallas.supports``), else gather; CPU -> gather tuned for CPU;
+anything else -> gather with the accelerator settings (one chunk, ``jnp.sum``).
+So ``jax.export(..., platforms=("cuda",))`` of a model holds the kernels and
+``platforms=("tpu",)`` the gather, from any machine. (One platform per export:
+a multi-platform export that includes CUDA fails, since this jax lowers every
+branch of a platform switch for every platform and a Triton kernel has no TPU
+or CPU lowering.)
+
+Why gather on TPU: a Pallas TPU (Mosaic) kernel would need per-row dynamic
+gathers from VMEM (the four corners of each sample come from data-dependent
+rows), which Mosaic supports only in restricted forms, or one DMA per 8-channel
+row (16-32 bytes, far below DMA efficiency); XLA's TPU gather is the better
+starting point, and no TPU was available to measure either. The gather path
+with the accelerator settings lowers for TPU (tested by export from CPU).
+
+Why these choices on GPU (from the H200 profile in
+``shared/reference/gpu-h200.md``; the kernels themselves await a GPU): the gather
+forward wrote 2.65 GB of bf16 im2col columns per EDVR-M inference call (34 % of
+it), and its backward's fused offset/mask-gradient expression ran at 25 %
+occupancy (26 % of the training step). The kernels remove the columns and
+compute the offset/mask gradients per (pixel, group) tile in registers; the
+halving sum ``_sum_minor`` (8 % of the GPU training step) is CPU-only.
 """
 
 from __future__ import annotations
