@@ -121,7 +121,7 @@ def supports(x_shape, x_dtype, out_ch: int, groups: int) -> str | None:
         return f"channels {c} -> {out_ch} with {groups} groups are not all powers of two"
     if c < 16 or out_ch < 16:
         return f"channels {c} -> {out_ch}: the kernels need at least 16 each"
-    if b * (h + 2) * (w + 2) * c >= 2**31:
+    if b * (h + 2) * (w + 2) * c >= 2**31 or b * h * w * groups * 18 >= 2**31:
         return "input too large for 32-bit indices"
     return None
 
