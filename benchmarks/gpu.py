@@ -305,46 +305,49 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
         import torchvision
         tv = torchvision.ops.deform_conv2d
 
-    for si, shape in enumerate(shapes):
-        for dt in (jnp.float32, jnp.bfloat16):
-            if skip(20 if si < 2 else 60, f"DCN {shape} {jnp.dtype(dt).name}"):
-                continue
-            tag = f"{shape} {jnp.dtype(dt).name}"
-            x, off, mask, kern, bias = dcn_case(shape, dt)
-            conv_f = jax.jit(conv3x3)
-            conv_g = jax.jit(jax.grad(lambda x, k: f32sum(conv3x3(x, k)), argnums=(0, 1)))
-            tc, _ = time_jax(conv_f, x, kern)
-            tcg, _ = time_jax(conv_g, x, kern)
-            res.add("dcn", f"lax.conv fwd {tag}", tc)
-            res.add("dcn", f"lax.conv fwd+bwd {tag}", tcg)
-            for impl in impls:
-                f = jax.jit(lambda *a, impl=impl: modulated_deform_conv(*a, impl=impl))
-                g = jax.jit(jax.grad(lambda *a, impl=impl: f32sum(modulated_deform_conv(*a, impl=impl)),
-                                     argnums=(0, 1, 2, 3, 4)))
-                try:
-                    t, _ = time_jax(f, x, off, mask, kern, bias)
-                    res.add("dcn", f"{impl} fwd {tag}", t, vs_conv=t / tc)
-                    t, _ = time_jax(g, x, off, mask, kern, bias)
-                    res.add("dcn", f"{impl} fwd+bwd {tag}", t, vs_conv=t / tcg)
-                except Exception as e:  # noqa: BLE001
-                    res.add("dcn", f"{impl} {tag} FAILED", None, error=f"{type(e).__name__}: {str(e)[:300]}")
-            if tv is not None:
-                tdt = torch.float32 if dt == jnp.float32 else torch.float16
-                b, h, w, c = shape
-                tx = torch.randn(b, c, h, w, device=tdev, dtype=tdt, requires_grad=True)
-                toff = (2.0 * torch.randn(b, 8 * 18, h, w, device=tdev, dtype=tdt)).requires_grad_()
-                tmask = torch.rand(b, 8 * 9, h, w, device=tdev, dtype=tdt, requires_grad=True)
-                tw = (0.05 * torch.randn(c, c, 3, 3, device=tdev, dtype=tdt)).requires_grad_()
-                tb = torch.zeros(c, device=tdev, dtype=tdt, requires_grad=True)
-                try:
-                    with torch.no_grad():
-                        t = time_torch(lambda: tv(tx, toff, tw, tb, padding=1, mask=tmask), tsync)
-                    res.add("dcn", f"torchvision fwd {tag}", t, vs_conv=t / tc, torch_dtype=str(tdt))
-                    t = time_torch(lambda: tv(tx, toff, tw, tb, padding=1, mask=tmask).float().sum().backward(), tsync)
-                    res.add("dcn", f"torchvision fwd+bwd {tag}", t, vs_conv=t / tcg, torch_dtype=str(tdt))
-                except Exception as e:  # noqa: BLE001
-                    res.add("dcn", f"torchvision {tag} FAILED", None, error=f"{type(e).__name__}: {str(e)[:200]}")
-                del tx, toff, tmask, tw, tb
+    def dcn_table(shape_list, need_s):
+        for shape in shape_list:
+            for dt in (jnp.float32, jnp.bfloat16):
+                if skip(need_s, f"DCN {shape} {jnp.dtype(dt).name}"):
+                    continue
+                tag = f"{shape} {jnp.dtype(dt).name}"
+                x, off, mask, kern, bias = dcn_case(shape, dt)
+                conv_f = jax.jit(conv3x3)
+                conv_g = jax.jit(jax.grad(lambda x, k: f32sum(conv3x3(x, k)), argnums=(0, 1)))
+                tc, _ = time_jax(conv_f, x, kern)
+                tcg, _ = time_jax(conv_g, x, kern)
+                res.add("dcn", f"lax.conv fwd {tag}", tc)
+                res.add("dcn", f"lax.conv fwd+bwd {tag}", tcg)
+                for impl in impls:
+                    f = jax.jit(lambda *a, impl=impl: modulated_deform_conv(*a, impl=impl))
+                    g = jax.jit(jax.grad(lambda *a, impl=impl: f32sum(modulated_deform_conv(*a, impl=impl)),
+                                         argnums=(0, 1, 2, 3, 4)))
+                    try:
+                        t, _ = time_jax(f, x, off, mask, kern, bias)
+                        res.add("dcn", f"{impl} fwd {tag}", t, vs_conv=t / tc)
+                        t, _ = time_jax(g, x, off, mask, kern, bias)
+                        res.add("dcn", f"{impl} fwd+bwd {tag}", t, vs_conv=t / tcg)
+                    except Exception as e:  # noqa: BLE001
+                        res.add("dcn", f"{impl} {tag} FAILED", None, error=f"{type(e).__name__}: {str(e)[:300]}")
+                if tv is not None:
+                    tdt = torch.float32 if dt == jnp.float32 else torch.float16
+                    b, h, w, c = shape
+                    tx = torch.randn(b, c, h, w, device=tdev, dtype=tdt, requires_grad=True)
+                    toff = (2.0 * torch.randn(b, 8 * 18, h, w, device=tdev, dtype=tdt)).requires_grad_()
+                    tmask = torch.rand(b, 8 * 9, h, w, device=tdev, dtype=tdt, requires_grad=True)
+                    tw = (0.05 * torch.randn(c, c, 3, 3, device=tdev, dtype=tdt)).requires_grad_()
+                    tb = torch.zeros(c, device=tdev, dtype=tdt, requires_grad=True)
+                    try:
+                        with torch.no_grad():
+                            t = time_torch(lambda: tv(tx, toff, tw, tb, padding=1, mask=tmask), tsync)
+                        res.add("dcn", f"torchvision fwd {tag}", t, vs_conv=t / tc, torch_dtype=str(tdt))
+                        t = time_torch(lambda: tv(tx, toff, tw, tb, padding=1, mask=tmask).float().sum().backward(), tsync)
+                        res.add("dcn", f"torchvision fwd+bwd {tag}", t, vs_conv=t / tcg, torch_dtype=str(tdt))
+                    except Exception as e:  # noqa: BLE001
+                        res.add("dcn", f"torchvision {tag} FAILED", None, error=f"{type(e).__name__}: {str(e)[:200]}")
+                    del tx, toff, tmask, tw, tb
+
+    dcn_table(shapes[:2], 20)
 
     # ---------------------------------------------------------------- EDVR-M
     cfg = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1) if tiny else \
@@ -502,6 +505,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
     for kind, size, side, dt, need, impl in plan:
         item(kind, size, side, dt, need, impl)
         jax.clear_caches()
+    dcn_table(shapes[2:], 45)  # EDVR-L's channel count, last
 
     # ---------------------------------------------------------------- the table
     print("\n" + "=" * 100)
