@@ -3,6 +3,7 @@
     python benchmarks/run.py all                    # dcn + inference + train + pipeline (+ torch if installed)
     python benchmarks/run.py dcn|inference|train|pipeline|tiles|torch [--quick]
     python benchmarks/run.py torch --basicsr-src /tmp/bsr/basicsr-1.4.2
+    python benchmarks/run.py gpu --basicsr-src benchmarks/.basicsr [--budget 480] [--tiny]
 
 Each benchmark prints a table and appends one JSON record per row (machine,
 versions, date, figures) to benchmarks/results.jsonl. Times are the minimum over
@@ -21,12 +22,16 @@ import sys
 import time
 from pathlib import Path
 
+if sys.argv[1:2] == ["gpu"]:  # jax and torch share the device: no preallocation of 75 % of it by XLA
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from edvr_jax import edvr_from_preset, modulated_deform_conv  # noqa: E402
 
@@ -48,6 +53,7 @@ def machine() -> dict:
     import flax
     return dict(cpu=info.get("model name", "unknown"), cpu_family=info.get("cpu family"), cpu_model=info.get("model"),
                 isa=isa, cores=os.cpu_count(), backend=jax.default_backend(), device=str(jax.devices()[0]),
+                device_kind=jax.devices()[0].device_kind,
                 python=platform.python_version(), jax=jax.__version__, flax=flax.__version__,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
@@ -324,11 +330,21 @@ def bench_torch(basicsr_src: str | None, ours: dict | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=["dcn", "inference", "train", "pipeline", "tiles", "torch", "all"])
+    parser.add_argument("which", choices=["dcn", "inference", "train", "pipeline", "tiles", "torch", "all", "gpu"])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--basicsr-src", help="BasicSR 1.4.2 source tree, for the PyTorch comparison")
+    parser.add_argument("--budget", type=float, default=480, help="gpu: seconds to spend (items past it are skipped)")
+    parser.add_argument("--tiny", action="store_true", help="gpu: tiny shapes, to check the script on a CPU")
     args = parser.parse_args()
     print(json.dumps(machine()))
+    if args.which == "gpu":
+        import gpu
+        loaded = sorted({m.split(".")[0] for m in sys.modules} & set(gpu.BLOCKED))
+        if loaded:
+            raise SystemExit(f"gpu mode imported {loaded}, which the accelerator image lacks")
+        gpu.run(args.basicsr_src, args.budget, args.tiny, (lambda *a: None) if args.tiny else record)
+        print("tiny shapes: nothing recorded" if args.tiny else f"appended to {RESULTS.relative_to(ROOT)}")
+        return
     ours = None
     if args.which in ("dcn", "all"):
         bench_dcn(args.quick)

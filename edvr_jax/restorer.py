@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from edvr_jax.io import to_uint8
+from edvr_jax.models.dcn import warn_offsets
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 from edvr_jax.temporal import window_table
 
@@ -76,7 +77,14 @@ class StageRunner:
     def __post_init__(self):
         if self.apply_fn is None:
             model = self.model
-            self.apply_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+            jitted = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
+
+            def apply(params, x):
+                out, state = jitted(params, x)
+                warn_offsets(state)  # BasicSR's offset blow-up warning, from 4 returned scalars
+                return out
+
+            self.apply_fn = apply
 
     def _run(self, windows: np.ndarray) -> np.ndarray:
         """The model on up to ``batch_size`` windows; a short batch is padded so one compilation serves all."""

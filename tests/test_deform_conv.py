@@ -211,3 +211,113 @@ def test_shape_errors_are_clear():
         modulated_deform_conv(x, offset, mask, kernel, bias, chunk_rows=0)
     with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
         modulated_deform_conv(x[0], offset, mask, kernel, bias)
+
+
+# ------------------------------------------------------------------------------------------ Pallas GPU kernels
+# On CPU the kernels run in Pallas interpret mode: the same kernel code, executed by XLA CPU.
+
+from edvr_jax.ops import deform_conv_pallas  # noqa: E402
+
+
+def _value_and_grads(impl, args, config=None, **conv):
+    def loss(*a):
+        out = modulated_deform_conv(*a, impl=impl, pallas_config=config, **conv)
+        weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    return out, grads
+
+
+def _border_case(seed, **kw):
+    """Offsets of a few pixels (samples leave the image), a quarter of them integers (exact corners)."""
+    x, offset, mask, kernel, bias = _random_case(seed, scale=3.0, **kw)
+    rng = np.random.default_rng(seed + 100)
+    offset = np.where(rng.uniform(size=offset.shape) < 0.25, np.round(offset), offset).astype(np.float32)
+    return x, offset, mask, kernel, bias
+
+
+@pytest.mark.parametrize("case", ["plain", "strided", "chunked"])
+def test_pallas_matches_gather_float32(case):
+    """Values and gradients wrt x, offset, mask, kernel and bias equal the gather path's."""
+    cfg = None
+    conv = {}
+    if case == "plain":  # N = 84: a partial last tile
+        args = _border_case(10, b=2, h=6, w=7, c=16, groups=4, o=16)
+    elif case == "strided":
+        conv = dict(stride=2, padding=0, dilation=2)
+        args = _border_case(11, b=1, h=9, w=8, c=16, groups=2, o=32, stride=2, pad=0, dil=2)
+    else:  # channel blocks of 2 groups, taps unrolled, several backward tiles per program
+        cfg = deform_conv_pallas.PallasConfig(block_p=16, block_c=16, tap_loop=False, bwd_block_p=16,
+                                              bwd_programs=2 * 9 * 2)
+        args = _border_case(12, b=2, h=5, w=9, c=32, groups=8, o=16)
+    out, grads = _value_and_grads("pallas", args, cfg, **conv)
+    ref, ref_grads = _value_and_grads("gather", args, **conv)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    for name, g, g_ref in zip(("x", "offset", "mask", "kernel", "bias"), grads, ref_grads):
+        scale = float(np.abs(np.asarray(g_ref)).max())
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+
+
+def test_pallas_matches_gather_bfloat16():
+    x, offset, mask, kernel, bias = _border_case(13, b=1, h=6, w=8, c=16, groups=8, o=16)
+    args = (jnp.asarray(x, jnp.bfloat16), offset, jnp.asarray(mask, jnp.bfloat16), jnp.asarray(kernel, jnp.bfloat16),
+            jnp.asarray(bias, jnp.bfloat16))
+    out, grads = _value_and_grads("pallas", args)
+    ref, ref_grads = _value_and_grads("gather", args)
+    assert out.dtype == jnp.bfloat16 and [g.dtype for g in grads] == [a.dtype for a in args]
+    for name, a, b in zip(("out", "x", "offset", "mask", "kernel", "bias"), (out, *grads), (ref, *ref_grads)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.abs(a - b).max() <= 0.03 * np.abs(b).max(), name
+
+
+def _uses_pallas(x, offset, mask, kernel, bias=None, **kw) -> bool:
+    return "pallas_call" in str(jax.make_jaxpr(lambda *a: modulated_deform_conv(*a, **kw))(x, offset, mask, kernel, bias))
+
+
+def test_implementation_selection_and_fallback(monkeypatch):
+    x, offset, mask, kernel, bias = _random_case(14, b=1, h=4, w=5, c=16, groups=4, o=16)
+    assert _uses_pallas(x, offset, mask, kernel, bias, impl="pallas")
+    assert _uses_pallas(x, offset, mask, kernel, bias, impl="auto")  # as the CUDA branch, lowered only there
+    assert not _uses_pallas(x, offset, mask, kernel, bias, impl="gather")
+    # Shapes the kernels do not take fall back to the gather: 8 channels, 3 output channels, float64.
+    x8, off8, mask8, kern8, _ = _random_case(14, b=1, h=4, w=5, c=8, groups=4, o=16)
+    assert not _uses_pallas(x8, off8, mask8, kern8, impl="pallas")
+    assert not _uses_pallas(x, offset, mask, kernel[..., :3], impl="pallas")
+    assert deform_conv_pallas.supports(x.shape, jnp.float64, 16, 4) is not None
+    # The environment variable overrides "auto" (not an explicit choice).
+    monkeypatch.setenv("EDVR_JAX_DCN_IMPL", "gather")
+    assert not _uses_pallas(x, offset, mask, kernel, bias)
+    assert _uses_pallas(x, offset, mask, kernel, bias, impl="pallas")
+    monkeypatch.setenv("EDVR_JAX_DCN_IMPL", "triton")
+    with pytest.raises(ValueError, match="EDVR_JAX_DCN_IMPL"):
+        modulated_deform_conv(x, offset, mask, kernel, bias)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        modulated_deform_conv(x, offset, mask, kernel, bias, impl="cuda")
+    # On CPU "auto" compiles the gather path alone: no kernel in the program.
+    monkeypatch.delenv("EDVR_JAX_DCN_IMPL")
+    hlo = jax.jit(modulated_deform_conv).lower(x, offset, mask, kernel, bias).as_text()
+    assert "custom_call" not in hlo and "triton" not in hlo
+
+
+def test_pallas_config_from_environment(monkeypatch):
+    assert deform_conv_pallas.config_for(jnp.bfloat16) == deform_conv_pallas.PallasConfig()
+    monkeypatch.setenv("EDVR_JAX_DCN_PALLAS", "block_p=32, tap_loop=false,bwd_warps=4")
+    cfg = deform_conv_pallas.config_for(jnp.float32)
+    assert (cfg.block_p, cfg.tap_loop, cfg.bwd_warps, cfg.bwd_block_p) == (32, False, 4, 16)
+    monkeypatch.setenv("EDVR_JAX_DCN_PALLAS", "blockp=32")
+    with pytest.raises(ValueError, match="unknown field"):
+        deform_conv_pallas.config_for(jnp.float32)
+
+
+def test_pallas_kernels_lower_for_cuda():
+    """The Triton kernels (forward and backward) lower for CUDA on a machine without a GPU."""
+    from edvr_jax.lowering import export, has_triton_kernels
+
+    x, offset, mask, kernel, bias = _random_case(15, b=1, h=8, w=8, c=16, groups=8, o=16)
+    grad = jax.value_and_grad(lambda *a: modulated_deform_conv(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2, 3, 4))
+    for dtype in (jnp.float32, jnp.bfloat16):
+        args = (jnp.asarray(x, dtype), offset, mask, jnp.asarray(kernel, dtype), jnp.asarray(bias, dtype))
+        assert has_triton_kernels(export(modulated_deform_conv, *args, platforms=("cuda",)))
+        exported = export(grad, *args, platforms=("cuda",))
+        assert exported.mlir_module().count("xla.gpu.triton") >= 2  # forward and backward kernels
+        assert not has_triton_kernels(export(grad, *args, platforms=("tpu",)))

@@ -11,7 +11,8 @@ from golden_weights import VARIANTS, synthetic_state_dict
 
 from edvr_jax import EDVR, PRESETS, Restorer, TwoStageEDVR, edvr_from_preset
 from edvr_jax.convert import basicsr_shapes, from_basicsr
-from edvr_jax.models import DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion
+from edvr_jax.models import (DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, offset_absmeans,
+                              warn_offsets)
 
 TINY = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1)
 
@@ -125,10 +126,34 @@ def test_offset_means_are_sown_and_blow_up_is_warned(tiny, caplog):
     with caplog.at_level(logging.WARNING, logger="edvr_jax"):
         _, state = apply(params)
         jax.effects_barrier()
+        assert not caplog.records  # the default model has no host callback in its graph
+        high = warn_offsets(state)  # from the returned statistics, outside jit
     value = float(state["intermediates"]["pcd_align"]["dcn_pack_l2"]["offset_absmean"][0])
     assert value == pytest.approx(60.0)
+    assert high == {"pcd_align/dcn_pack_l2": pytest.approx(60.0)}
+    assert offset_absmeans(state["intermediates"])["pcd_align/dcn_pack_l1"] == 0.0
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "pcd_align/dcn_pack_l2" in warnings[0] and "60.00" in warnings[0]
+
+    # offset_warning=True (debugging) still logs from inside the jitted graph.
+    caplog.clear()
+    loud = EDVR(**TINY, offset_warning=True)
+    with caplog.at_level(logging.WARNING, logger="edvr_jax"):
+        jax.jit(lambda p: loud.apply({"params": p}, x))(params)
+        jax.effects_barrier()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "pcd_align/dcn_pack_l2" in warnings[0]
+
+
+def test_default_model_has_no_host_callback_and_exports():
+    """The default EDVR's graph holds no host callback, so jax.export serializes it (for CPU here)."""
+    model = EDVR()
+    x = jnp.zeros((1, 5, 8, 8, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert "callback" not in str(jax.make_jaxpr(model.apply)(variables, x))
+    exported = jax.export.export(jax.jit(model.apply))(variables, x)
+    assert exported.out_avals[0].shape == (1, 32, 32, 3)
+    assert len(exported.serialize()) > 0
 
 
 def test_gradients_reach_every_parameter(tiny):
@@ -233,3 +258,31 @@ def test_restorer_uses_padded_windows(tiny):
     for i, window in enumerate(windows):
         ref = apply(variables, clip[None, window])
         np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_train_step_and_inference_export_for_accelerators(platform):
+    """bf16 EDVR training step (Charbonnier + Adam) and inference lower for CUDA (with the Pallas DCN
+    kernels) and for TPU (the gather DCN) on this CPU-only machine."""
+    import optax
+
+    from edvr_jax.lowering import export, has_triton_kernels
+
+    model = EDVR(**TINY, dtype=jnp.bfloat16)
+    lq = jax.ShapeDtypeStruct((2, 5, 16, 16, 3), jnp.float32)
+    gt = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    params = jax.eval_shape(model.init, jax.random.key(0), lq)["params"]
+    tx = optax.adam(4e-4, b1=0.9, b2=0.99)
+    opt_state = jax.eval_shape(tx.init, params)
+
+    def train_step(params, opt_state, lq, gt):
+        loss_fn = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, lq) - gt) ** 2 + 1e-12))  # noqa: E731
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = export(train_step, params, opt_state, lq, gt, platforms=(platform,))
+    infer = export(lambda p, x: model.apply({"params": p}, x), params, lq, platforms=(platform,))
+    assert {a.dtype for a in step.out_avals} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}  # f32 params, Adam state
+    assert infer.out_avals[0].shape == (2, 64, 64, 3)
+    assert has_triton_kernels(step) == has_triton_kernels(infer) == (platform == "cuda")

@@ -42,9 +42,12 @@ class EDVR(nn.Module):
     is accepted but unused, so that the official checkpoints load unchanged.
 
     Extra (non-BasicSR) attributes: ``dtype`` is the compute dtype (params stay
-    float32; the output is float32), ``offset_warning`` logs DCN offset blow-up.
-    Each DCN sows ``intermediates/.../offset_absmean``; read them with
-    ``apply(..., mutable=['intermediates'])``.
+    float32; the output is float32). Each DCN sows ``intermediates/.../offset_absmean``;
+    read them with ``apply(..., mutable=['intermediates'])`` and log BasicSR's blow-up
+    warning with ``edvr_jax.models.warn_offsets`` (outside jit, free).
+    ``offset_warning=True`` (off by default) logs from inside the jitted graph instead:
+    for debugging only (a host callback per DCN: 12-17 % slower on a GPU, and
+    ``jax.export`` cannot serialize it).
     """
 
     num_in_ch: int = 3
@@ -59,7 +62,7 @@ class EDVR(nn.Module):
     with_predeblur: bool = False
     with_tsa: bool = True
     dtype: Dtype = jnp.float32
-    offset_warning: bool = True
+    offset_warning: bool = False
 
     @property
     def center(self) -> int:
@@ -180,7 +183,7 @@ class TwoStageEDVR(nn.Module):
     stage1: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PRESETS["edvr_l"]))
     stage2: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PRESETS["edvr_l_stage2"]))
     dtype: Dtype = jnp.float32
-    offset_warning: bool = True
+    offset_warning: bool = False
 
     def _stage_kwargs(self, which: int) -> dict[str, Any]:
         cfg = self.stage1 if which == 1 else self.stage2

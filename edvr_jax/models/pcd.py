@@ -22,7 +22,7 @@ class PCDAlignment(nn.Module):
 
     num_feat: int = 64
     deformable_groups: int = 8
-    offset_warning: bool = True
+    offset_warning: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact

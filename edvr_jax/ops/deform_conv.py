@@ -33,16 +33,55 @@ backward pass is written out (custom VJP, chunked the same way): it recomputes
 each chunk's corners instead of storing the columns, forms the offset and mask
 gradients in closed form, and scatter-adds each corner's weighted column
 gradient into the input's table rows.
+
+Two implementations behind ``modulated_deform_conv``, with equal results (tests:
+values and all gradients, f32 and bf16):
+
+* **gather** (this module): the reference formulation, and the path on CPU, TPU
+  and ROCm. Described below.
+* **pallas** (``deform_conv_pallas.py``): Pallas Triton kernels for CUDA GPUs, an
+  implicit GEMM that samples each tile's bilinear corners on chip and contracts
+  them with the kernel per tap, never writing the im2col columns to HBM; the
+  backward recomputes the samples per tap and writes offset/mask gradients once,
+  kernel gradients as per-program partials, input gradients by atomic adds.
+
+``impl="auto"`` (default) picks per *lowering* platform with
+``lax.platform_dependent``: CUDA -> pallas when the shapes suit the kernels
+(``deform_conv_pallas.supports``), else gather; CPU -> gather tuned for CPU;
+anything else -> gather with the accelerator settings (one chunk, ``jnp.sum``).
+So ``jax.export(..., platforms=("cuda",))`` of a model holds the kernels and
+``platforms=("tpu",)`` the gather, from any machine. (One platform per export:
+a multi-platform export that includes CUDA fails, since this jax lowers every
+branch of a platform switch for every platform and a Triton kernel has no TPU
+or CPU lowering.)
+
+Why gather on TPU: a Pallas TPU (Mosaic) kernel would need per-row dynamic
+gathers from VMEM (the four corners of each sample come from data-dependent
+rows), which Mosaic supports only in restricted forms, or one DMA per 8-channel
+row (16-32 bytes, far below DMA efficiency); XLA's TPU gather is the better
+starting point, and no TPU was available to measure either. The gather path
+with the accelerator settings lowers for TPU (tested by export from CPU).
+
+Why these choices on GPU (from the H200 profile in
+``shared/reference/gpu-h200.md``; the kernels themselves await a GPU): the gather
+forward wrote 2.65 GB of bf16 im2col columns per EDVR-M inference call (34 % of
+it), and its backward's fused offset/mask-gradient expression ran at 25 %
+occupancy (26 % of the training step). The kernels remove the columns and
+compute the offset/mask gradients per (pixel, group) tile in registers; the
+halving sum ``_sum_minor`` (8 % of the GPU training step) is CPU-only.
 """
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from edvr_jax.ops import deform_conv_pallas
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -70,6 +109,7 @@ class _Geometry(NamedTuple):
     dilation: tuple[int, int]
     groups: int
     chunk: int  # output rows per scan step; ho is padded up to a multiple
+    cpu: bool = True  # CPU-tuned channel sums (``_sum_minor``); elsewhere plain ``jnp.sum``
 
 
 # Rows per chunk on CPU: at least two, and at least 2**19 column values (2 MiB in
@@ -141,12 +181,20 @@ def _columns(corners, weights, dtype) -> jax.Array:
 
 
 def _sum_minor(a: jax.Array) -> jax.Array:
-    """Sum over the last (small) axis by halving: XLA CPU's reduction over a minor axis of 8 is ~4x slower."""
+    """Sum over the last (small) axis by halving: XLA CPU's reduction over a minor axis of 8 is ~4x slower.
+
+    CPU only: on the GPU the halving adds cost 8 % of the EDVR-M bf16 training step against ``jnp.sum``
+    (H200, gpu-h200.md), so ``_channel_sum`` uses ``jnp.sum`` off CPU.
+    """
     while a.shape[-1] > 1:
         n = a.shape[-1]
         half = a[..., :n // 2] + a[..., n // 2:2 * (n // 2)]
         a = jnp.concatenate([half, a[..., 2 * (n // 2):]], axis=-1) if n % 2 else half
     return a[..., 0]
+
+
+def _channel_sum(a: jax.Array, geo: _Geometry) -> jax.Array:
+    return _sum_minor(a) if geo.cpu else jnp.sum(a, axis=-1)
 
 
 def _chunks(a: jax.Array, chunk: int) -> jax.Array:
@@ -231,9 +279,9 @@ def _deform_conv_image_bwd(geo, res, g_out):
         # d cols / d py = m * (hx * (v10 - v00) + lx * (v11 - v01)) etc. (v: corner rows).
         v00, v01, v10, v11 = (v.astype(acc_t) for v in corners)
         hy, hx, ly_, lx_ = ((1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None])
-        g_py = mi * _sum_minor(g_cols * (hx * (v10 - v00) + lx_ * (v11 - v01)))
-        g_px = mi * _sum_minor(g_cols * (hy * (v01 - v00) + ly_ * (v11 - v10)))
-        g_msk = inside * _sum_minor(g_cols * (hy * (hx * v00 + lx_ * v01) + ly_ * (hx * v10 + lx_ * v11)))
+        g_py = mi * _channel_sum(g_cols * (hx * (v10 - v00) + lx_ * (v11 - v01)), geo)
+        g_px = mi * _channel_sum(g_cols * (hy * (v01 - v00) + ly_ * (v11 - v10)), geo)
+        g_msk = inside * _channel_sum(g_cols * (hy * (hx * v00 + lx_ * v01) + ly_ * (hx * v10 + lx_ * v11)), geo)
         # Input: each corner's weighted column gradient scatter-added into its table row.
         for wq, s in zip(_corner_weights(ly, lx, mi), _corner_shifts(geo.w, groups)):
             g_rows = g_rows.at[(top_left + s).reshape(-1)].add((wq[..., None] * g_cols).reshape(-1, cg),
@@ -252,6 +300,82 @@ def _deform_conv_image_bwd(geo, res, g_out):
 _deform_conv_image.defvjp(_deform_conv_image_fwd, _deform_conv_image_bwd)
 
 
+
+# ------------------------------------------------------------------------------------------ Pallas (GPU)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _pallas_dcn(x, off, msk, kern, bias, dims, cfg, interpret):
+    """``x [B, H, W, C]``, ``off [N, G*K*2]``, ``msk [N, G*K]``, ``kern [K, C, O]``, ``bias [O]`` -> ``[N, O]``."""
+    return _pallas_fwd(x, off, msk, kern, bias, dims, cfg, interpret)[0]
+
+
+def _pallas_fwd(x, off, msk, kern, bias, dims, cfg, interpret):
+    out = deform_conv_pallas.forward(x, off, msk, kern, bias, dims, cfg, interpret)
+    return out, (x, off, msk, kern, bias)
+
+
+def _pallas_bwd(dims, cfg, interpret, res, g_out):
+    x, off, msk, kern, bias = res
+    g_x, g_off, g_msk, g_kern = deform_conv_pallas.backward(x, off, msk, kern, g_out, dims, cfg, interpret)
+    g_bias = jnp.sum(g_out.astype(jnp.float32), axis=0)
+    return (g_x.astype(x.dtype), g_off.astype(off.dtype), g_msk.astype(msk.dtype), g_kern.astype(kern.dtype),
+            g_bias.astype(bias.dtype))
+
+
+_pallas_dcn.defvjp(_pallas_fwd, _pallas_bwd)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+IMPLS = ("auto", "gather", "pallas")
+#: Overrides ``impl="auto"`` everywhere (e.g. ``EDVR_JAX_DCN_IMPL=gather`` to rule the Pallas kernels out).
+IMPL_ENV = "EDVR_JAX_DCN_IMPL"
+
+
+def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
+    """The vectorized-gather DCN, tuned for CPU (``cpu=True``: row chunks, halving sums) or not (one chunk)."""
+    b, ho, wo, (h, w, kh, kw, stride, padding, dilation, groups) = *offset.shape[:3], geo_args
+    c, out_ch = x.shape[-1], kernel.shape[-1]
+    k = kh * kw
+    if not all(isinstance(d, int) for d in (b, ho, wo)):  # symbolic shapes (jax.export): one chunk
+        chunk = ho
+    elif chunk_rows is None:
+        chunk = min(max(2, _CPU_CHUNK_VALUES // (b * wo * k * c)), ho) if cpu else ho
+    else:
+        chunk = min(int(chunk_rows), ho)
+    geo = _Geometry(h, w, ho, wo, kh, kw, stride, padding, dilation, groups, chunk, cpu)
+    # Coordinates, weights and accumulation in at least float32 (float64 stays float64).
+    coord_t = jnp.promote_types(offset.dtype, jnp.float32)
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    off = offset.astype(coord_t).reshape(b, ho, wo, groups, k, 2)
+    m = mask.astype(coord_t).reshape(b, ho, wo, groups, k)
+    # One matmul over (g, k, c); the kernel is reordered to match, not the columns.
+    cg = c // groups
+    wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
+    wmat = wmat.reshape(groups * k * cg, out_ch)
+    out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
+    if bias is not None:
+        out = out + bias.astype(acc_t)
+    return out.astype(x.dtype)
+
+
+def _pallas_path(x, offset, mask, kernel, bias, *, geo_args, interpret, config):
+    b, ho, wo = offset.shape[:3]
+    h, w, kh, kw, stride, padding, dilation, groups = geo_args
+    c, out_ch = x.shape[-1], kernel.shape[-1]
+    dims = deform_conv_pallas.Dims(b, h, w, c, ho, wo, out_ch, groups, kh, kw, stride, padding, dilation)
+    n = b * ho * wo
+    # Offsets and mask are read in their own dtype and converted to float32 in the kernel.
+    float_t = lambda a: a if a.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) else a.astype(jnp.float32)  # noqa: E731
+    off = float_t(offset).reshape(n, -1)
+    msk = float_t(mask).reshape(n, -1)
+    kern = kernel.astype(x.dtype).reshape(kh * kw, c, out_ch)
+    bias = jnp.zeros((out_ch,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    out = _pallas_dcn(x, off, msk, kern, bias, dims, config, interpret)
+    return out.reshape(b, ho, wo, out_ch)
+
+
 def modulated_deform_conv(
     x: jax.Array,
     offset: jax.Array,
@@ -263,6 +387,8 @@ def modulated_deform_conv(
     padding: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
     chunk_rows: int | None = None,
+    impl: str = "auto",
+    pallas_config: deform_conv_pallas.PallasConfig | None = None,
 ) -> jax.Array:
     """DCNv2: ``sum_k w_k * mask_k * x(p + p_k + offset_k)`` (+ bias).
 
@@ -274,9 +400,20 @@ def modulated_deform_conv(
       kernel: ``[kh, kw, C, O]`` (Flax ``Conv`` layout).
       bias: ``[O]`` or None.
       stride, padding, dilation: as ``torch.nn.Conv2d`` (int or (h, w) pair).
-      chunk_rows: output rows per step of the sampling loop (all ``B`` images
-        at once). None: on CPU, two rows or more, about 2 MiB of columns or more;
-        elsewhere all rows in one step. The result does not depend on it.
+      chunk_rows: gather path only: output rows per step of the sampling loop
+        (all ``B`` images at once). None: on CPU, two rows or more, about 2 MiB
+        of columns or more; elsewhere all rows in one step. The result does not
+        depend on it.
+      impl: ``"auto"`` (default): the Pallas GPU kernels where the computation is
+        lowered for CUDA and the shapes suit them, the vectorized gather
+        everywhere else (CPU, TPU, ROCm). The choice is made when lowering
+        (``lax.platform_dependent``), so ``jax.export`` for several platforms
+        gets each its own path. ``"gather"``: always the gather. ``"pallas"``:
+        the Pallas kernels where the shapes suit them (in Pallas interpret mode
+        off CUDA: slow, for tests), else the gather. The environment variable
+        ``EDVR_JAX_DCN_IMPL`` (``gather`` / ``pallas``) overrides ``"auto"``.
+      pallas_config: launch parameters of the Pallas kernels (tile sizes, warps);
+        None: ``deform_conv_pallas.config_for(x.dtype)``.
 
     Returns:
       ``[B, Ho, Wo, O]`` in ``x.dtype`` (accumulated in float32 or wider).
@@ -312,24 +449,21 @@ def modulated_deform_conv(
         raise ValueError(f"bias must be [{out_ch}], got {bias.shape}")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    if not all(isinstance(d, int) for d in (b, ho, wo)):  # symbolic shapes (jax.export): one chunk
-        chunk = ho
-    elif chunk_rows is None:
-        chunk = max(2, _CPU_CHUNK_VALUES // (b * wo * k * c)) if jax.default_backend() == "cpu" else ho
-        chunk = min(chunk, ho)
-    else:
-        chunk = min(int(chunk_rows), ho)
-    geo = _Geometry(h, w, ho, wo, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups, chunk)
-    # Coordinates, weights and accumulation in at least float32 (float64 stays float64).
-    coord_t = jnp.promote_types(offset.dtype, jnp.float32)
-    acc_t = jnp.promote_types(x.dtype, jnp.float32)
-    off = offset.astype(coord_t).reshape(b, ho, wo, groups, k, 2)
-    m = mask.astype(coord_t).reshape(b, ho, wo, groups, k)
-    # One matmul over (g, k, c); the kernel is reordered to match, not the columns.
-    cg = c // groups
-    wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
-    wmat = wmat.reshape(groups * k * cg, out_ch)
-    out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
-    if bias is not None:
-        out = out + bias.astype(acc_t)
-    return out.astype(x.dtype)
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get(IMPL_ENV, "auto") or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"{IMPL_ENV} must be one of {IMPLS}, got {impl!r}")
+
+    geo_args = (h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups)
+    gather_cpu = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=True)
+    gather_accel = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=False)
+    branches = dict(cpu=gather_cpu, default=gather_accel)
+    if impl != "gather" and deform_conv_pallas.supports(x.shape, x.dtype, out_ch, groups) is None:
+        config = pallas_config or deform_conv_pallas.config_for(x.dtype)
+        pallas = partial(_pallas_path, geo_args=geo_args, config=config)
+        branches["cuda"] = partial(pallas, interpret=False)
+        if impl == "pallas":
+            branches = dict(cuda=branches["cuda"], default=partial(pallas, interpret=True))
+    return jax.lax.platform_dependent(x, offset, mask, kernel, bias, **branches)

@@ -1,0 +1,100 @@
+"""Compile the Pallas DCN kernels to PTX and SASS on a machine without a GPU: registers, spills, shared memory.
+
+Needs a separate venv with the CUDA plugin of the same jax version (its Triton
+compiler) and ptxas; no GPU or driver::
+
+    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
+        flax optax einops safetensors pillow
+    /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
+    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py            # the default configs
+    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py fwd [64]  # sweep forward tile sizes / warps
+    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py bwd [64]  # sweep backward tiles
+
+The Triton IR is taken from the Pallas lowering for CUDA (sm_90, Triton's
+fallback arch without a device), compiled with the plugin's Triton
+(``compile_triton_to_asm``), and the PTX assembled by ``ptxas -v`` for sm_90a
+(what Triton targets for 9.0). A kernel that spills, or needs so many registers
+that few warps fit on an SM, shows here before any GPU time is spent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax._src.lib import triton  # noqa: E402
+from jax._src.pallas.triton import pallas_call_registration as reg  # noqa: E402
+
+from edvr_jax.ops import deform_conv_pallas as dp  # noqa: E402
+
+captured: list[dict] = []
+_custom_call = reg.mlir.custom_call
+
+
+def _spy(*args, **kwargs):
+    cfg = kwargs["backend_config"]
+    captured.append(dict(name=cfg["name"].value, ir=cfg["ir"].value_bytes,
+                         warps=int(str(cfg["num_warps"]).split(":")[0]), stages=int(str(cfg["num_stages"]).split(":")[0])))
+    return _custom_call(*args, **kwargs)
+
+
+def _ptxas() -> str:
+    import nvidia.cuda_nvcc
+    return str(Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas")
+
+
+def lower(b, h, w, c, g, o, dtype, cfg, which=("fwd", "bwd")) -> None:
+    d = dp.Dims(b, h, w, c, h, w, o, g, 3, 3, (1, 1), (1, 1), (1, 1))
+    n = b * h * w
+    s = jax.ShapeDtypeStruct
+    args = (s((b, h, w, c), dtype), s((n, g * 18), jnp.float32), s((n, g * 9), jnp.float32), s((9, c, o), dtype))
+    if "fwd" in which:
+        jax.jit(lambda *a: dp.forward(*a, d, cfg, False)).trace(*args, s((o,), jnp.float32)).lower(
+            lowering_platforms=("cuda",))
+    if "bwd" in which:
+        jax.jit(lambda *a: dp.backward(*a, d, cfg, False)).trace(*args, s((n, o), dtype)).lower(
+            lowering_platforms=("cuda",))
+
+
+def main() -> None:
+    if not triton.has_compilation_handler("cuda"):
+        import jax_plugins.xla_cuda12 as plugin
+        plugin.initialize()
+    reg.mlir.custom_call = _spy
+    mode = sys.argv[1] if len(sys.argv) > 1 else "default"
+    if mode == "default":
+        jobs = [(jnp.dtype(dt).name, dp.config_for(dt), ("fwd", "bwd"), dt) for dt in (jnp.float32, jnp.bfloat16)]
+    elif mode == "fwd":
+        jobs = [(f"P{bp}w{wp}{'L' if tl else 'U'}", dp.PallasConfig(block_p=bp, warps=wp, tap_loop=tl), ("fwd",), dt)
+                for dt in (jnp.float32, jnp.bfloat16) for bp in (32, 64, 128) for wp in (4, 8) for tl in (False, True)]
+    else:
+        jobs = [(f"P{bp}w{wp}", dp.PallasConfig(bwd_block_p=bp, bwd_warps=wp), ("bwd",), dt)
+                for dt in (jnp.float32, jnp.bfloat16) for bp in (16, 32, 64) for wp in (4, 8)]
+    channels = [int(sys.argv[2])] if len(sys.argv) > 2 else [64, 128]
+    ptxas = _ptxas()
+    for c in channels:
+        for label, cfg, which, dt in jobs:
+            captured.clear()
+            lower(2, 32, 48, c, 8, c, dt, cfg, which)
+            for k in captured:
+                res = triton.compile("cuda", k["ir"], "9.0", num_warps=k["warps"], num_ctas=1, num_stages=k["stages"])
+                with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                    f.write(res.asm)
+                out = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
+                                     capture_output=True, text=True)
+                os.unlink(f.name)
+                m = re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers", out.stderr, re.S)
+                info = f"registers {m.group(2):>3}, spill stores {m.group(1):>5} B" if m else out.stderr[-300:]
+                print(f"C=O={c:<4} {jnp.dtype(dt).name:9} {label:10} {k['name']:8} warps {k['warps']} "
+                      f"smem {res.smem_bytes:6} B | {info}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
