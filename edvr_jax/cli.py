@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Callable
 
 from edvr_jax.errors import USER_ERRORS
@@ -32,9 +33,33 @@ def quiet_dependencies(verbose: bool = False) -> None:
     from absl import logging as absl_logging
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow (TensorBoard summaries, dataset builds; no model maths) announces its oneDNN
+    # kernels on import, a line TF_CPP_MIN_LOG_LEVEL no longer hides; without them it is silent.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     absl_logging.set_verbosity(absl_logging.ERROR)
     for name in ("jax._src.xla_bridge", "absl"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A full disk during an asynchronous checkpoint save makes Orbax's threads and asyncio tasks
+    # log the same write error hundreds of times; the training loop reports it in one line.
+    for handler in (absl_logging.get_absl_handler(), *logging.getLogger().handlers):
+        handler.addFilter(_not_disk_full)
+    threading.excepthook = _quiet_closed_loops(threading.excepthook)
+
+
+def _not_disk_full(record: logging.LogRecord) -> bool:
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info and record.exc_info[1] else "")
+    return "No space left on device" not in text and "RESOURCE_EXHAUSTED" not in text
+
+
+def _quiet_closed_loops(hook):
+    """Orbax's writer threads, once a failed save has closed their event loop, each raise
+    'Event loop is closed' at exit: nothing a user can act on."""
+
+    def excepthook(args):
+        if not (issubclass(args.exc_type, RuntimeError) and "Event loop is closed" in str(args.exc_value)):
+            hook(args)
+
+    return excepthook
 
 
 def exit_on_user_error(fn: Callable[[], int | None]) -> int:

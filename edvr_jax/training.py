@@ -402,9 +402,10 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     except Exception as e:
         if not _is_disk_full(e):
             raise
-        raise TrainingError(f"no space left on the device of {mngr.directory} while saving a checkpoint at step "
-                            f"{step}; the newest complete checkpoint is step {max(weights.run_steps(workdir), default=None)}. "
-                            f"Free some space and run the same command to resume from it.") from None
+        steps = weights.run_steps(workdir)
+        newest = f"the newest complete checkpoint is step {steps[-1]}" if steps else "no checkpoint was completed"
+        raise TrainingError(f"no space left on the device of {mngr.directory} while writing a checkpoint (noticed at "
+                            f"step {step}); {newest}. Free some space and run the same command to resume.") from None
     finally:
         try:
             mngr.wait_until_finished()

@@ -95,8 +95,9 @@ def test_disk_full_during_a_save_is_one_clear_error_and_keeps_the_last_step(data
 
     monkeypatch.setattr(checkpointing, "save", full_disk)
     workdir = tmp_path / "full"
-    with pytest.raises(training.TrainingError, match=r"no space left on the device of .*checkpoints while saving a "
-                                                      r"checkpoint at step 8; the newest complete checkpoint is step 4"):
+    with pytest.raises(training.TrainingError, match=r"no space left on the device of .*checkpoints while writing a "
+                                                      r"checkpoint \(noticed at step 8\); the newest complete checkpoint "
+                                                      r"is step 4"):
         training.train(tiny_config(data_dir), workdir, devices=jax.devices()[:1])
     assert weights.run_steps(workdir) == [4]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(weights.read_params(workdir)))
