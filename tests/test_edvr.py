@@ -1,4 +1,5 @@
-"""EDVR and its modules: BasicSR parity, parameter counts, shapes, errors, offsets, gradients, two-stage."""
+"""EDVR and its modules: BasicSR parity, parameter counts, shapes, errors, offsets, gradients (the two-stage
+model is tested with its restorer in test_restore.py)."""
 
 import logging
 
@@ -9,7 +10,7 @@ import pytest
 from flax import traverse_util
 from golden_weights import VARIANTS, synthetic_state_dict
 
-from edvr_jax import EDVR, PRESETS, Restorer, TwoStageEDVR, edvr_from_preset
+from edvr_jax import EDVR, PRESETS, Restorer, edvr_from_preset
 from edvr_jax.convert import basicsr_shapes, from_basicsr
 from edvr_jax.models import (DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, offset_absmeans,
                               warn_offsets)
@@ -221,31 +222,6 @@ def test_presets_are_known():
     assert set(PRESETS) >= {"edvr_m", "edvr_l", "edvr_l_deblur", "edvr_l_stage2"}
     with pytest.raises(KeyError, match="unknown EDVR preset"):
         edvr_from_preset("edvr_xl")
-
-
-TWO_STAGE = TwoStageEDVR(stage1=dict(TINY), stage2=dict(TINY, num_frame=3, hr_in=True, with_predeblur=True))
-
-
-def test_two_stage_equals_composition():
-    x = jax.random.uniform(jax.random.key(9), (1, 7, 4, 8, 3))
-    variables = jax.jit(TWO_STAGE.init)(jax.random.key(0), x)
-    two_stage = jax.jit(TWO_STAGE.apply)
-    out = two_stage(variables, x)
-    assert out.shape == (1, 16, 32, 3)
-    s1, s2 = TWO_STAGE.stages()
-    p = variables["params"]
-    apply1 = jax.jit(s1.apply)
-    stage1 = jnp.stack([apply1({"params": p["stage1"]}, x[:, j:j + 5]) for j in range(3)], axis=1)
-    ref = jax.jit(s2.apply)({"params": p["stage2"]}, jnp.clip(stage1, 0, 1))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
-
-    clip = np.asarray(jax.random.uniform(jax.random.key(10), (9, 4, 8, 3)))
-    restored = Restorer(TWO_STAGE, variables["params"], padding="replicate", batch_size=2)(clip)
-    assert restored.shape == (9, 16, 32, 3)
-    np.testing.assert_allclose(restored[4], np.asarray(two_stage(variables, clip[None, 1:8]))[0],
-                               rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"\[B, 7, H, W, C\]"):
-        jax.eval_shape(TWO_STAGE.init, jax.random.key(0), x[:, :5])
 
 
 def test_restorer_uses_padded_windows(tiny):

@@ -104,23 +104,39 @@ def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless(tiny):
     assert diff.max() < 1 / 255  # and nowhere off by a grey level: no visible seam
 
 
-def test_two_stage_restorer_matches_the_cascade_and_round_trips(tmp_path):
+def test_two_stage_model_and_restorer_match_the_cascade_and_round_trip(tmp_path):
+    """TwoStageEDVR.apply is stage 2 over clipped stage-1 outputs; the Restorer restores a clip
+    as the cascade by hand (stage 1 on every frame's window, clipped, then stage 2 on windows of
+    those); the weights round-trip through an export."""
     from edvr_jax import TwoStageEDVR
 
-    model = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, hr_in=True, with_predeblur=True),
-                         offset_warning=False)
-    variables = jax.jit(model.init)(jax.random.key(3), np.zeros(model.input_shape(1, 16, 16), np.float32))
-    clip = np.random.default_rng(9).random((6, 16, 16, 3)).astype(np.float32)
-    # The cascade by hand: stage 1 on every frame's window, clipped; stage 2 on windows of those.
-    s1, s2 = model.stages()
+    model = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, num_frame=3, hr_in=True, with_predeblur=True))
+    x = np.random.default_rng(8).random((1, 7, 8, 12, 3)).astype(np.float32)
+    variables = jax.jit(model.init)(jax.random.key(3), x)
     p = variables["params"]
-    table = window_table(6, 5, "reflection_circle")
-    stage1 = np.clip(np.stack([np.asarray(s1.apply({"params": p["stage1"]}, clip[None, rows]))[0] for rows in table]), 0, 1)
-    ref = np.stack([np.asarray(s2.apply({"params": p["stage2"]}, stage1[None, rows]))[0] for rows in table])
-    out = Restorer(model, variables["params"], padding="reflection_circle")(clip)
-    np.testing.assert_allclose(out, ref, atol=1e-6)
-    export_params(model, variables["params"], tmp_path / "two")
-    again = load(tmp_path / "two", padding="reflection_circle")
+    s1, s2 = model.stages()
+    apply1 = jax.jit(lambda q, v: s1.apply({"params": q}, v))
+    apply2 = jax.jit(lambda q, v: s2.apply({"params": q}, v))
+    two_stage = jax.jit(model.apply)
+    out = np.asarray(two_stage(variables, x))
+    assert out.shape == (1, 32, 48, 3)
+    stage1 = np.clip(np.stack([np.asarray(apply1(p["stage1"], x[:, j:j + 5])) for j in range(3)], axis=1), 0, 1)
+    np.testing.assert_allclose(out, np.asarray(apply2(p["stage2"], stage1)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, 7, H, W, C\]"):
+        jax.eval_shape(model.init, jax.random.key(0), x[:, :5])
+
+    clip = np.random.default_rng(9).random((9, 8, 12, 3)).astype(np.float32)
+    stage1 = np.clip(np.concatenate([np.asarray(apply1(p["stage1"], clip[None, rows]))
+                                     for rows in window_table(9, 5, "reflection_circle")]), 0, 1)
+    ref = np.concatenate([np.asarray(apply2(p["stage2"], stage1[None, rows]))
+                          for rows in window_table(9, 3, "reflection_circle")])
+    restored = Restorer(model, p, padding="reflection_circle", batch_size=2)(clip)
+    assert restored.shape == (9, 32, 48, 3)
+    np.testing.assert_allclose(restored, ref, atol=1e-6)
+    # Frame 4's windows lie inside the clip: the whole-model apply on frames 1-7 gives it too.
+    np.testing.assert_allclose(restored[4], np.asarray(two_stage(variables, clip[None, 1:8]))[0], rtol=1e-5, atol=1e-5)
+    export_params(model, p, tmp_path / "two")
+    again = load(tmp_path / "two", padding="reflection_circle", batch_size=2)
     assert again.scale == 4
     np.testing.assert_allclose(again(clip), ref, atol=1e-6)
 

@@ -3,7 +3,6 @@ library in-process: the step on 1 vs 8 devices (data parallel and FSDP), a whole
 for inference, non-finite stops, configs. Process-level behaviour (SIGKILL/SIGTERM, 2 processes)
 is in test_train_process.py."""
 
-import functools
 import math
 
 import jax
@@ -176,17 +175,20 @@ def test_same_steps_on_1_and_8_devices_data_parallel_and_fsdp(data_dir):
         assert dist / ref_norm < 1e-4, (data, fsdp)
 
 
-def test_a_non_finite_step_is_not_applied():
-    cfg = load_config("demo", **TINY)
+def test_a_non_finite_step_is_not_applied(data_dir):
+    """The reference run's step (same program, from the compilation cache) on a NaN batch."""
+    cfg = tiny_config(data_dir)
     model = EDVR(**cfg.model, offset_warning=False)
     schedule = training.make_schedule(cfg.optim)
     tx = training.make_tx(cfg.optim, schedule)
-    init = functools.partial(training.create_train_state, model=model, tx=tx, input_shape=model.input_shape(1, 8, 8))
-    state = init(jax.random.key(0))
-    batch = {"lq": np.full((2, 5, 8, 8, 3), np.nan, np.float32), "gt": np.zeros((2, 32, 32, 3), np.float32)}
-    new, metrics = jax.jit(functools.partial(training.train_step, model=model, tx=tx, schedule=schedule))(state, batch)
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    state, shardings = training.init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, 8, 8))
+    before = jax.device_get(state)
+    batch = {"lq": np.full((8, 5, 8, 8, 3), np.nan, np.float32), "gt": np.zeros((8, 32, 32, 3), np.float32)}
+    step = training.jit_train_step(cfg, model, tx, schedule, shardings, mesh)
+    new, metrics = step(state, sharding.global_batch(batch, sharding.batch_sharding(mesh)))
     assert not bool(metrics["finite"])
-    jax.tree.map(np.testing.assert_array_equal, new, state)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(new), before)
 
 
 # --- a whole run in-process ---------------------------------------------------------------------
@@ -221,8 +223,19 @@ def test_a_finished_run_resumes_to_nothing_and_another_config_is_refused(referen
         training.train(tiny_config(data_dir, **{"model.num_feat": 16}), reference_run, devices=jax.devices()[:1])
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, **{"total_steps": 20, "checkpoint.every": 1, "optim.lr": 1e30})
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    """Batch 2 of the tiny run turned to NaN: training stops naming step 2, step 1 stays the last
+    checkpoint, with finite parameters."""
+    global_batch, seen = sharding.global_batch, []
+
+    def nan_second_batch(local, batch_sharding):
+        seen.append(1)
+        if len(seen) == 2:
+            local = {k: np.full_like(v, np.nan) for k, v in local.items()}
+        return global_batch(local, batch_sharding)
+
+    monkeypatch.setattr(sharding, "global_batch", nan_second_batch)
+    cfg = tiny_config(data_dir, **{"checkpoint.every": 1})
     with pytest.raises(training.TrainingError, match="non-finite loss or gradient at step 2"):
         training.train(cfg, tmp_path / "nan", devices=jax.devices()[:1])
     assert weights.run_steps(tmp_path / "nan") == [1]
@@ -285,7 +298,8 @@ def test_a_run_written_before_the_header_still_loads(tmp_path):
     import grain.python as grain
 
     model = EDVR(**SMALL, offset_warning=False)
-    params = init_variables(model, jax.random.key(0), 16, 16)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32), weights.abstract_params(model))
     ema = jax.tree.map(lambda p: p + 1.0, params)
     frozen = collections.namedtuple("FrozenState", "count inner")
     state = {"step": jnp.int32(7), "params": params, "ema_params": ema, "rng": jax.random.key_data(jax.random.key(1)),
