@@ -38,9 +38,10 @@ def load_config(arg: str | None = None, **overrides):
     return cfg
 
 
-#: The tiny run every training test uses, in-process and through train.py.
+#: The tiny run every training test uses, in-process and through train.py (without TSA: a
+#: smaller program to compile; TSA's training rules have their own tests).
 TINY = {"model.num_feat": 8, "model.deformable_groups": 2, "model.num_extract_block": 1,
-        "model.num_reconstruct_block": 1, "data.gt_size": 32, "batch_size": 8, "log_every": 1, "eval_every": 0,
+        "model.num_reconstruct_block": 1, "model.with_tsa": False, "data.gt_size": 32, "batch_size": 8, "log_every": 1, "eval_every": 0,
         "total_steps": 12, "checkpoint.every": 4}
 
 

@@ -6,12 +6,14 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 from golden_weights import VARIANTS, synthetic_state_dict
 
 from edvr_jax import EDVR, PRESETS, Restorer, edvr_from_preset
 from edvr_jax.convert import basicsr_shapes, from_basicsr
+from edvr_jax.optim import charbonnier
 from edvr_jax.models import (DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, offset_absmeans,
                               warn_offsets)
 
@@ -182,40 +184,51 @@ def test_gradients_reach_every_parameter(tiny):
     assert zero_grads(traverse_util.unflatten_dict(flat, sep="/")) == []
 
 
-def test_bfloat16_compute_close_to_float32(tiny):
-    _, variables, apply = tiny
-    x = jax.random.uniform(jax.random.key(7), (1, 5, 8, 8, 3))
-    ref = apply(variables, x)
-    out = jax.jit(EDVR(**TINY, dtype=jnp.bfloat16).apply)(variables, x)
-    assert out.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-2)
+def test_bfloat16_compute_close_to_float32_with_float32_parameters_and_gradients(tiny):
+    _, variables, _ = tiny
+    x = jax.random.uniform(jax.random.key(7), (2, 5, 8, 8, 3))
+    gt = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+
+    def loss_and_grad(dtype):
+        def loss(p):
+            out = EDVR(**TINY, dtype=dtype).apply({"params": p}, x)
+            return charbonnier(out, gt), out
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+    (l32, out32), g32 = loss_and_grad(jnp.float32)
+    (l16, out16), g16 = loss_and_grad(jnp.bfloat16)
+    assert out16.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out16), np.asarray(out32), atol=2e-2)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
+    assert float(l16) == pytest.approx(float(l32), rel=2e-2)
+    cos = optax.tree_utils.tree_vdot(g16, g32) / (optax.tree_utils.tree_norm(g16) * optax.tree_utils.tree_norm(g32))
+    assert float(cos) > 0.99  # same descent direction
 
 
 def test_modules_alone():
     x = jax.random.normal(jax.random.key(8), (2, 8, 12, 16))
     block = ResidualBlockNoBN(16)
-    v = block.init(jax.random.key(0), x)
+    v = jax.jit(block.init)(jax.random.key(0), x)
     p = v["params"]
     conv = lambda a, q: jax.lax.conv_general_dilated(a, q["kernel"], (1, 1), ((1, 1), (1, 1)),  # noqa: E731
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC")) + q["bias"]
-    np.testing.assert_allclose(np.asarray(block.apply(v, x)),
+    np.testing.assert_allclose(np.asarray(jax.jit(block.apply)(v, x)),
                                np.asarray(x + conv(jax.nn.relu(conv(x, p["conv1"])), p["conv2"])), atol=1e-5)
 
     dcn = DCNv2Pack(24, deformable_groups=8)
-    dv = dcn.init(jax.random.key(0), x, x)
+    dv = jax.eval_shape(dcn.init, jax.random.key(0), x, x)
     assert dv["params"]["kernel"].shape == (3, 3, 16, 24)
     assert dv["params"]["conv_offset"]["kernel"].shape == (3, 3, 16, 8 * 27)
     pcd_basicsr = sum(int(np.prod(s)) for k, s in basicsr_shapes(EDVR()).items() if k.startswith("pcd_align."))
     feats = [jnp.zeros((1, 16 >> i, 16 >> i, 64)) for i in range(3)]
     assert n_params(shapes_of(PCDAlignment(64, 8), feats, feats)) == pcd_basicsr
     tsa = TSAFusion(16, 5, 2)
-    assert tsa.apply(tsa.init(jax.random.key(0), jnp.zeros((1, 5, 8, 12, 16))),
-                     jnp.ones((1, 5, 8, 12, 16))).shape == (1, 8, 12, 16)
+    run = lambda m, shape: jax.eval_shape(lambda k: m.apply(m.init(k, jnp.zeros(shape)), jnp.ones(shape)),  # noqa: E731
+                                          jax.random.key(0)).shape
+    assert run(tsa, (1, 5, 8, 12, 16)) == (1, 8, 12, 16)
     with pytest.raises(ValueError, match="expects 5 frames"):
-        tsa.init(jax.random.key(0), jnp.zeros((1, 3, 8, 12, 16)))
-    pre = PredeblurModule(16, hr_in=True)
-    assert pre.apply(pre.init(jax.random.key(0), jnp.zeros((2, 32, 48, 3))),
-                     jnp.ones((2, 32, 48, 3))).shape == (2, 8, 12, 16)
+        jax.eval_shape(tsa.init, jax.random.key(0), jnp.zeros((1, 3, 8, 12, 16)))
+    assert run(PredeblurModule(16, hr_in=True), (2, 32, 48, 3)) == (2, 8, 12, 16)
 
 
 def test_presets_are_known():

@@ -12,7 +12,7 @@ import optax
 import pytest
 from conftest import TINY, load_config, tiny_config
 
-from edvr_jax import EDVR, checkpointing, init_variables, load, load_model, metric_log, sharding, training, weights
+from edvr_jax import EDVR, checkpointing, load, load_model, metric_log, sharding, training, weights
 from edvr_jax.optim import charbonnier, cosine_annealing_restart, make_optimizer, param_labels
 
 SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
@@ -108,8 +108,9 @@ def test_keeps_the_last_k_and_the_best_and_skips_unfinished_saves(tmp_path):
 
 
 def test_non_strict_init_copies_matching_parameters(tmp_path):
-    wo_tsa = init_variables(EDVR(**SMALL, with_tsa=False), jax.random.key(0), 16, 16)["params"]
-    tsa = init_variables(EDVR(**SMALL, with_tsa=True), jax.random.key(1), 16, 16)["params"]
+    rng = np.random.default_rng(0)
+    wo_tsa, tsa = (jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32),
+                                weights.abstract_params(EDVR(**SMALL, with_tsa=t))) for t in (False, True))
     weights.save_weights(tmp_path / "wotsa", EDVR(**SMALL, with_tsa=False), wo_tsa)
     params, report = weights.load_params_non_strict(tmp_path / "wotsa", tsa)
     np.testing.assert_array_equal(params["conv_first"]["kernel"], wo_tsa["conv_first"]["kernel"])
@@ -240,22 +241,6 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         training.train(cfg, tmp_path / "nan", devices=jax.devices()[:1])
     assert weights.run_steps(tmp_path / "nan") == [1]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(weights.read_params(tmp_path / "nan")))
-
-
-def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
-    params = init_variables(EDVR(**SMALL, offset_warning=False), jax.random.key(0), 16, 16)["params"]
-    x = jax.random.uniform(jax.random.key(1), (2, 5, 16, 16, 3))
-    gt = jax.random.uniform(jax.random.key(2), (2, 64, 64, 3))
-
-    def loss(p, dtype):
-        return charbonnier(EDVR(**SMALL, dtype=dtype, offset_warning=False).apply({"params": p}, x), gt)
-
-    l32, g32 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.float32)))(params)
-    l16, g16 = jax.jit(jax.value_and_grad(lambda p: loss(p, jnp.bfloat16)))(params)
-    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
-    assert float(l16) == pytest.approx(float(l32), rel=2e-2)
-    cos = optax.tree_utils.tree_vdot(g16, g32) / (optax.tree_utils.tree_norm(g16) * optax.tree_utils.tree_norm(g32))
-    assert float(cos) > 0.99  # same descent direction
 
 
 # --- configs ------------------------------------------------------------------------------------
