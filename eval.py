@@ -65,7 +65,7 @@ def folder_clips(root: Path, clips: list[str] | None):
         yield EvalClip(name, lq, gt)
 
 
-def print_table(results: list[evaluation.ClipResult], summary: dict) -> None:
+def print_table(results: list, summary: dict) -> None:
     from edvr_jax import evaluation
 
     head = f"{'clip':>12} " + " ".join(f"{k:>8} {'(base)':>8}" for k in evaluation.METRICS)

@@ -17,13 +17,11 @@ they are missing.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
+import functools
 import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 
 import jax
@@ -46,18 +44,18 @@ def _import_edvr():
     blocker = _Blocker()
     sys.meta_path.insert(0, blocker)
     try:
-        import optax
-
+        from edvr_jax import training
         from edvr_jax.convert import from_basicsr
         from edvr_jax.models import EDVR, edvr_from_preset
         from edvr_jax.ops import deform_conv
         from edvr_jax.ops.deform_conv import modulated_deform_conv
+        from edvr_jax.optim import make_optimizer
     finally:
         sys.meta_path.remove(blocker)
-    return optax, from_basicsr, EDVR, edvr_from_preset, deform_conv, modulated_deform_conv
+    return training, make_optimizer, from_basicsr, EDVR, edvr_from_preset, deform_conv, modulated_deform_conv
 
 
-optax, from_basicsr, EDVR, edvr_from_preset, deform_conv, modulated_deform_conv = _import_edvr()
+training, make_optimizer, from_basicsr, EDVR, edvr_from_preset, deform_conv, modulated_deform_conv = _import_edvr()
 
 
 # ------------------------------------------------------------------------------------------ plumbing
@@ -170,48 +168,11 @@ def count_flops(fn, *args) -> float:
         return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def _load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_basicsr_edvr(src: Path):
-    """BasicSR 1.4.2's ``edvr_arch`` from its source tree (``archs/`` and ``ops/dcn/`` only), with stubs
-    for its registry and logger and a ``distutils.version.LooseVersion`` shim (gone in Python 3.12)."""
-    pkg = src / "basicsr" if (src / "basicsr").is_dir() else src
-    try:
-        import distutils.version  # noqa: F401
-    except ImportError:
-        class LooseVersion:
-            def __init__(self, v):
-                self.v = tuple(int(p) if p.isdigit() else p for p in str(v).replace("+", ".").split("."))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from basicsr_source import load_basicsr_edvr as load
 
-            def __lt__(self, other):
-                return self.v[:3] < other.v[:3]
-
-            def __ge__(self, other):
-                return not self < other
-        dist = types.ModuleType("distutils")
-        dist.__path__ = []
-        ver = types.ModuleType("distutils.version")
-        ver.LooseVersion = LooseVersion
-        dist.version = ver
-        sys.modules["distutils"], sys.modules["distutils.version"] = dist, ver
-    for name in ("basicsr", "basicsr.archs", "basicsr.ops", "basicsr.ops.dcn", "basicsr.utils",
-                 "basicsr.utils.registry"):
-        mod = types.ModuleType(name)
-        mod.__path__ = []
-        sys.modules[name] = mod
-    sys.modules["basicsr.utils.registry"].ARCH_REGISTRY = types.SimpleNamespace(register=lambda: (lambda c: c))
-    sys.modules["basicsr.utils"].get_root_logger = lambda: logging.getLogger("basicsr")
-    dcn = _load_module("basicsr.ops.dcn.deform_conv", pkg / "ops" / "dcn" / "deform_conv.py")
-    sys.modules["basicsr.ops.dcn"].ModulatedDeformConvPack = dcn.ModulatedDeformConvPack
-    sys.modules["basicsr.ops.dcn"].modulated_deform_conv = dcn.modulated_deform_conv
-    _load_module("basicsr.archs.arch_util", pkg / "archs" / "arch_util.py")
-    return _load_module("basicsr.archs.edvr_arch", pkg / "archs" / "edvr_arch.py")
+    return load(src)
 
 
 def _torch():
@@ -358,7 +319,8 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
     batches = (1, 2) if tiny else (8, 32)
     model32 = EDVR(**cfg)
     params = jax.jit(model32.init)(jax.random.key(0), jnp.zeros((1, 5, lr, lr, 3)))["params"]
-    tx_opt = optax.adam(4e-4, b1=0.9, b2=0.99)
+    schedule = lambda n: 4e-4  # noqa: E731
+    tx_opt = make_optimizer(schedule)  # BasicSR's Adam (0.9, 0.99), as train.py builds it
 
     t_model = None
     if bsr is not None:
@@ -397,22 +359,19 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
         lq = jax.random.uniform(jax.random.key(3), (batch, 5, lr, lr, 3))
         gt = jax.random.uniform(jax.random.key(4), (batch, 4 * lr, 4 * lr, 3))
 
-        def step(params, opt_state, lq, gt):
-            loss_fn = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, lq) - gt) ** 2 + 1e-12))  # noqa: E731
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            updates, opt_state = tx_opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        opt_state = tx_opt.init(params)
+        # train.py's own step: Charbonnier (sum), Adam, the NaN guard and the logged metrics.
+        step = functools.partial(training.train_step, model=model, tx=tx_opt, schedule=schedule)
+        state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx_opt.init(params)}
+        batch = {"lq": lq, "gt": gt}
         with with_impl(impl):
-            compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, lq, gt).compile()
-        state = [jax.tree.map(jnp.copy, params), opt_state]
+            compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+        holder = [jax.tree.map(jnp.copy, state)]
 
         def call():
-            state[0], state[1], loss = compiled(state[0], state[1], lq, gt)
-            return loss
+            holder[0], metrics = compiled(holder[0], batch)
+            return metrics["loss"]
         ms, _ = time_jax(call)
-        return ms, flops_of(step, params, opt_state, lq, gt)
+        return ms, flops_of(step, state, batch)
 
     def torch_infer(n_clips, amp):
         x = torch.rand(n_clips, 5, 3, *hw, device=tdev)

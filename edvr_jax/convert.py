@@ -19,7 +19,6 @@ Orbax ``params``, see ``edvr_jax.weights``), loadable with ``edvr_jax.load``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys

@@ -13,8 +13,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
 from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
 from edvr_jax.restorer import load

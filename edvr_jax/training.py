@@ -30,7 +30,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from edvr_jax import checkpointing, metric_log, optim, sharding, weights
+from edvr_jax import checkpointing, optim, sharding, weights
 from edvr_jax.errors import UserError
 from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
 from edvr_jax.models.edvr import EDVR
@@ -331,6 +331,8 @@ def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = No
 
 
 def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
+    from edvr_jax import metric_log  # TensorBoard through TensorFlow: only for the loop
+
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
     if cfg.batch_size % mesh.size:

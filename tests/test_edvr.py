@@ -251,27 +251,26 @@ def test_restorer_uses_padded_windows(tiny):
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_train_step_and_inference_export_for_accelerators(platform):
-    """bf16 EDVR training step (Charbonnier + Adam) and inference lower for CUDA (with the Pallas DCN
-    kernels) and for TPU (the gather DCN) on this CPU-only machine."""
-    import optax
+    """train.py's bf16 training step (edvr_jax.training.train_step: Charbonnier + BasicSR's Adam) and
+    inference lower for CUDA (with the Pallas DCN kernels) and for TPU (the gather DCN) on this
+    CPU-only machine."""
+    import functools
 
+    from edvr_jax import training
     from edvr_jax.lowering import export, has_triton_kernels
+    from edvr_jax.optim import make_optimizer
 
     model = EDVR(**TINY, dtype=jnp.bfloat16)
     lq = jax.ShapeDtypeStruct((2, 5, 16, 16, 3), jnp.float32)
     gt = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), lq)["params"]
-    tx = optax.adam(4e-4, b1=0.9, b2=0.99)
-    opt_state = jax.eval_shape(tx.init, params)
-
-    def train_step(params, opt_state, lq, gt):
-        loss_fn = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, lq) - gt) ** 2 + 1e-12))  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = export(train_step, params, opt_state, lq, gt, platforms=(platform,))
-    infer = export(lambda p, x: model.apply({"params": p}, x), params, lq, platforms=(platform,))
-    assert {a.dtype for a in step.out_avals} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}  # f32 params, Adam state
+    schedule = lambda n: 4e-4  # noqa: E731
+    tx = make_optimizer(schedule)
+    state = jax.eval_shape(functools.partial(training.create_train_state, model=model, tx=tx,
+                                             input_shape=lq.shape), jax.random.key(0))
+    step = export(functools.partial(training.train_step, model=model, tx=tx, schedule=schedule), state,
+                  {"lq": lq, "gt": gt}, platforms=(platform,))
+    infer = export(lambda p, x: model.apply({"params": p}, x), state["params"], lq, platforms=(platform,))
+    state_out = step.out_avals[:len(jax.tree.leaves(state))]
+    assert {a.dtype for a in state_out} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}  # f32 params, Adam state
     assert infer.out_avals[0].shape == (2, 64, 64, 3)
     assert has_triton_kernels(step) == has_triton_kernels(infer) == (platform == "cuda")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import TINY, load_config, tiny_config
+from conftest import load_config, tiny_config
 
 from edvr_jax import EDVR, checkpointing, load, load_model, metric_log, sharding, training, weights
 from edvr_jax.optim import charbonnier, cosine_annealing_restart, make_optimizer, param_labels

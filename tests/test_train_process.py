@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, tiny_config
+from conftest import TINY
 
 from edvr_jax import metric_log, weights
 

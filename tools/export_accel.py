@@ -2,9 +2,9 @@
 
     python tools/export_accel.py [--dtype bfloat16] [--batch 32] [--clips 8] [--out DIR]
 
-The training step is BasicSR's recipe (Charbonnier, reduction sum; Adam 4e-4,
-betas 0.9/0.99; float32 params and optimizer state, compute in --dtype) on LR
-64x64 patches; inference takes 5 x 180x320 clips. Prints, per platform, the
+The training step is train.py's (``edvr_jax.training.train_step``: Charbonnier,
+reduction sum; BasicSR's Adam at 4e-4, betas 0.9/0.99; float32 params and
+optimizer state, compute in --dtype) on LR 64x64 patches; inference takes 5 x 180x320 clips. Prints, per platform, the
 export time, the module size and whether the Pallas DCN kernels are in it;
 with --out, writes the serialized artifacts (load them with the same jax
 version: the Triton kernels are not covered by jax.export's compatibility
@@ -14,6 +14,7 @@ guarantee). Too slow for the test suite, which exports a tiny EDVR instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,10 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edvr_jax import training  # noqa: E402
 from edvr_jax.lowering import export, has_triton_kernels  # noqa: E402
 from edvr_jax.models import edvr_from_preset  # noqa: E402
+from edvr_jax.optim import make_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -42,22 +45,18 @@ def main() -> None:
     s = jax.ShapeDtypeStruct
     lq, gt = s((args.batch, 5, 64, 64, 3), jnp.float32), s((args.batch, 256, 256, 3), jnp.float32)
     clips = s((args.clips, 5, 180, 320, 3), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), s((1, 5, 64, 64, 3), jnp.float32))["params"]
-    tx = optax.adam(4e-4, b1=0.9, b2=0.99)
-    opt_state = jax.eval_shape(tx.init, params)
-
-    def train_step(params, opt_state, lq, gt):
-        loss_fn = lambda p: jnp.sum(jnp.sqrt((model.apply({"params": p}, lq) - gt) ** 2 + 1e-12))  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    schedule = lambda n: 4e-4  # noqa: E731
+    tx = make_optimizer(schedule)  # BasicSR's Adam (0.9, 0.99), as train.py builds it
+    state = jax.eval_shape(functools.partial(training.create_train_state, model=model, tx=tx,
+                                             input_shape=(1, 5, 64, 64, 3)), jax.random.key(0))
+    train_step = functools.partial(training.train_step, model=model, tx=tx, schedule=schedule)
 
     def inference(params, x):
         return model.apply({"params": params}, x)
 
     for platform in args.platforms.split(","):
-        for name, fn, fargs in (("train_step", train_step, (params, opt_state, lq, gt)),
-                                ("inference", inference, (params, clips))):
+        for name, fn, fargs in (("train_step", train_step, (state, {"lq": lq, "gt": gt})),
+                                ("inference", inference, (state["params"], clips))):
             start = time.perf_counter()
             exported = export(fn, *fargs, platforms=(platform,))
             size = len(exported.mlir_module_serialized)

@@ -9,18 +9,13 @@ since the CPU wheel's torchvision ops do not load::
     pip download --no-deps basicsr==1.4.2 -d /tmp/bsr && tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
     /tmp/ref/bin/python tools/make_basicsr_goldens.py /tmp/bsr/basicsr-1.4.2
 
-Only BasicSR's ``archs/edvr_arch.py``, ``archs/arch_util.py`` and
-``ops/dcn/deform_conv.py`` are loaded (the package ``__init__`` pulls in
-OpenCV, LMDB, ...); the registry and logger they import are stubbed.
+BasicSR's EDVR is loaded from the source tree by ``tools/basicsr_source.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import logging
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -29,31 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from golden_weights import VARIANTS, synthetic_input, synthetic_state_dict  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from basicsr_source import load_basicsr_edvr  # noqa: E402
+
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "basicsr_goldens.npz"
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_basicsr_edvr(src: Path):
-    pkg = src / "basicsr"
-    for name in ("basicsr", "basicsr.archs", "basicsr.ops", "basicsr.ops.dcn", "basicsr.utils",
-                 "basicsr.utils.registry"):
-        mod = types.ModuleType(name)
-        mod.__path__ = []
-        sys.modules[name] = mod
-    sys.modules["basicsr.utils.registry"].ARCH_REGISTRY = types.SimpleNamespace(register=lambda: (lambda c: c))
-    sys.modules["basicsr.utils"].get_root_logger = lambda: logging.getLogger("basicsr")
-    dcn = _load("basicsr.ops.dcn.deform_conv", pkg / "ops" / "dcn" / "deform_conv.py")
-    sys.modules["basicsr.ops.dcn"].ModulatedDeformConvPack = dcn.ModulatedDeformConvPack
-    sys.modules["basicsr.ops.dcn"].modulated_deform_conv = dcn.modulated_deform_conv
-    _load("basicsr.archs.arch_util", pkg / "archs" / "arch_util.py")
-    return _load("basicsr.archs.edvr_arch", pkg / "archs" / "edvr_arch.py")
 
 
 def main(src: str) -> None:
