@@ -39,6 +39,7 @@ _PADDING = flags.DEFINE_enum("padding", None, PADDING_MODES, "Temporal padding (
 _CROP_BORDER = flags.DEFINE_integer("crop_border", 0, "Pixels cropped from each border before the metrics.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Windows (or tiles) per model call.")
 _TILE = flags.DEFINE_integer("tile", None, "LQ tile side for large frames; default whole frames.")
+_TILE_OVERLAP = flags.DEFINE_integer("tile_overlap", 32, "LQ pixels shared by neighbouring tiles.")
 _CLIPS = flags.DEFINE_list("clips", None, "Only these clips.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: eval_<dataset> beside the checkpoint).")
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Write the restored frames as PNGs.")
@@ -99,7 +100,8 @@ def evaluate() -> None:
         data_config = data_config or dc.config
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
-    restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value)
+    restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,
+                    tile_overlap=_TILE_OVERLAP.value)
     scale = restorer.scale
     if dataset in SPLITS:
         name, split = SPLITS[dataset]

@@ -15,7 +15,7 @@ import time
 
 from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
-from edvr_jax.restorer import load
+from edvr_jax.restorer import TILE_OVERLAP, load
 from edvr_jax.temporal import PADDING_MODES
 
 
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--padding", choices=PADDING_MODES, help="temporal padding (default: per task, as BasicSR)")
     parser.add_argument("--tile", type=int, help="LQ tile side for large frames (e.g. 128); default: whole frames")
-    parser.add_argument("--tile_overlap", type=int, default=16, help="LQ pixels shared by neighbouring tiles")
+    parser.add_argument("--tile_overlap", type=int, default=TILE_OVERLAP,
+                        help=f"LQ pixels shared by neighbouring tiles (default {TILE_OVERLAP})")
     parser.add_argument("--batch_size", type=int, default=1, help="windows (or tiles) per model call")
     parser.add_argument("--fps", type=float, help="output video frame rate (default: the input's, or 25)")
     parser.add_argument("--overwrite", action="store_true")

