@@ -128,4 +128,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.checkpoint.every, c.log_every, c.eval_every, c.val_batch_size = 500, 50, 750, 5
     if a["data"] == "demo":
         c.data.val_split = "test"
-    return c
+    return c.lock()  # a misspelt field is an error, in code as on the command line

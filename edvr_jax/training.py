@@ -355,11 +355,10 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
-    writer = metric_log.create_writer(workdir, lead, resume_step=step)
+    metrics_log = _MetricsLog(metric_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
     bar = _Progress(lead and progress, cfg.total_steps, step)
     summary, first = {}, step
-    last_time, last_step = time.perf_counter(), step
     try:
         with _sigterm_flag() as sigterm, _redirect_logging_to(bar):
             while step < cfg.total_steps:
@@ -371,32 +370,17 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
                         f"non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}, grad norm "
                         f"{float(metrics['grad_norm'])}); the update was not applied and training stopped. The last "
                         f"good checkpoint is step {mngr.latest_step()} in {mngr.directory}.")
-                shown = None
-                if step % cfg.log_every == 0 or step == cfg.total_steps or step == first + 1:
-                    now = time.perf_counter()
-                    rate = (step - last_step) / (now - last_time)
-                    last_time, last_step = now, step
-                    shown = jax.device_get(metrics)
-                    _warn_offsets(step, shown["offsets"])
-                    writer.write_scalars(step, {
-                        **{f"train/{k}": shown[k] for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "psnr")},
-                        **{f"offset_absmean/{k}": v for k, v in shown["offsets"].items()},
-                        "perf/steps_per_s": rate, "perf/clips_per_s": rate * cfg.batch_size})
-                bar.update(shown, first=step == first + 1)
+                logged = metrics_log.train(step, metrics) if metrics_log.due(step) else None
+                bar.update(logged, first=step == first + 1)
                 val_metrics = None
                 if validate is not None and (step % cfg.eval_every == 0 or step == cfg.total_steps):
-                    summary, panels = validate(state.get("ema_params", state["params"]))
-                    writer.write_scalars(step, {f"val/{k}": v for k, v in summary.items()})
-                    writer.write_images(step, {k: v[None] for k, v in panels.items()})
-                    log.info("step %d validation: PSNR %.2f dB (baseline %.2f), SSIM %.4f (baseline %.4f)", step,
-                             summary["psnr"], summary["base_psnr"], summary["ssim"], summary["base_ssim"])
+                    summary = metrics_log.validation(step, *validate(state.get("ema_params", state["params"])))
                     val_metrics = {"val_psnr": summary["psnr"]}
-                    last_time = time.perf_counter()  # the rate is of training steps only
                     bar.resume()
                 preempted = _stop_requested(sigterm["set"], mngr, step)
                 _save(mngr, workdir, model, cfg, step, state, batches, val_metrics,
                       force=preempted or step == cfg.total_steps or val_metrics is not None)
-                writer.flush()
+                metrics_log.writer.flush()
                 if preempted:
                     mngr.wait_until_finished()
                     log.warning("preempted: saved step %d to %s, exiting", step, mngr.directory)
@@ -404,10 +388,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     except Exception as e:
         if not _is_disk_full(e):
             raise
-        steps = weights.run_steps(workdir)
-        newest = f"the newest complete checkpoint is step {steps[-1]}" if steps else "no checkpoint was completed"
-        raise TrainingError(f"no space left on the device of {mngr.directory} while writing a checkpoint (noticed at "
-                            f"step {step}); {newest}. Free some space and run the same command to resume.") from None
+        raise _disk_full_error(mngr, workdir, step) from None
     finally:
         try:
             mngr.wait_until_finished()
@@ -416,11 +397,50 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
             if not _is_disk_full(e):
                 raise
         bar.close()
-        writer.close()
+        metrics_log.writer.close()
         del batches
     if lead and progress and step >= cfg.total_steps:
         _print_epilogue(workdir, summary)
     return summary
+
+
+class _MetricsLog:
+    """What the loop writes through the metric writer: train metrics every ``log_every`` steps
+    (and the first), with the rate of training steps alone; validation summaries and panels."""
+
+    def __init__(self, writer, cfg, step: int):
+        self.writer, self.cfg, self.first = writer, cfg, step
+        self._since = (time.perf_counter(), step)
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.log_every == 0 or step == self.cfg.total_steps or step == self.first + 1
+
+    def train(self, step: int, metrics: dict) -> dict:
+        now = time.perf_counter()
+        rate = (step - self._since[1]) / (now - self._since[0])
+        self._since = (now, step)
+        shown = jax.device_get(metrics)
+        _warn_offsets(step, shown["offsets"])
+        self.writer.write_scalars(step, {
+            **{f"train/{k}": shown[k] for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "psnr")},
+            **{f"offset_absmean/{k}": v for k, v in shown["offsets"].items()},
+            "perf/steps_per_s": rate, "perf/clips_per_s": rate * self.cfg.batch_size})
+        return shown
+
+    def validation(self, step: int, summary: dict, panels: dict) -> dict:
+        self.writer.write_scalars(step, {f"val/{k}": v for k, v in summary.items()})
+        self.writer.write_images(step, {k: v[None] for k, v in panels.items()})
+        log.info("step %d validation: PSNR %.2f dB (baseline %.2f), SSIM %.4f (baseline %.4f)", step,
+                 summary["psnr"], summary["base_psnr"], summary["ssim"], summary["base_ssim"])
+        self._since = (time.perf_counter(), self._since[1])  # the rate is of training steps only
+        return summary
+
+
+def _disk_full_error(mngr, workdir: Path, step: int) -> TrainingError:
+    steps = weights.run_steps(workdir)
+    newest = f"the newest complete checkpoint is step {steps[-1]}" if steps else "no checkpoint was completed"
+    return TrainingError(f"no space left on the device of {mngr.directory} while writing a checkpoint (noticed at "
+                         f"step {step}); {newest}. Free some space and run the same command to resume.")
 
 
 def _is_disk_full(e: BaseException | None) -> bool:
