@@ -19,6 +19,7 @@ from conftest import TINY
 from edvr_jax import metric_log, weights
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.xdist_group("train_process")  # one worker: they share the process reference run
 
 
 @pytest.fixture(scope="module")
