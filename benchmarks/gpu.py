@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BLOCKED = ("ml_collections", "grain", "tensorflow", "tensorflow_datasets", "av", "array_record")
+BLOCKED = ("ml_collections", "grain", "tensorflow", "tensorflow_datasets", "av", "array_record", "clu")
 
 
 class _Blocker:
@@ -190,7 +190,7 @@ def _torch():
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
+def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: bool = False) -> None:
     budget = Budget(budget_s)
     res = Results(record)
     on_gpu = jax.default_backend() == "gpu"
@@ -251,12 +251,19 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
     vg = {impl: jax.jit(jax.value_and_grad(
         lambda *a, impl=impl: jnp.sum(jnp.sin(modulated_deform_conv(*a, impl=impl))), argnums=(0, 1, 2, 3, 4)))
         for impl in impls}
+    if study:
+        impls = ["gather", "pallas", "pallas-forward", "pallas-backward"]
+        vg = {impl: jax.jit(jax.value_and_grad(
+            lambda *a, impl=impl: jnp.sum(jnp.sin(modulated_deform_conv(*a, impl=impl))), argnums=(0, 1, 2, 3, 4)))
+            for impl in impls}
     try:
-        (va, ga), (vb, gb) = vg["pallas"](x, off, mask, kern, bias), vg["gather"](x, off, mask, kern, bias)
-        errs = {n_: float(jnp.linalg.norm(p - q) / (jnp.linalg.norm(q) + 1e-30))
-                for n_, p, q in zip(("x", "offset", "mask", "kernel", "bias"), ga, gb)}
-        res.add("check", f"DCN pallas vs gather f32 {shapes[0]} rel. L2", None,
-                loss=float(abs(va - vb) / abs(vb)), **{f"g_{k}": v for k, v in errs.items()})
+        vb, gb = vg["gather"](x, off, mask, kern, bias)
+        for impl in impls[1:]:
+            va, ga = vg[impl](x, off, mask, kern, bias)
+            errs = {n_: float(jnp.linalg.norm(p - q) / (jnp.linalg.norm(q) + 1e-30))
+                    for n_, p, q in zip(("x", "offset", "mask", "kernel", "bias"), ga, gb)}
+            res.add("check", f"DCN {impl} vs gather f32 {shapes[0]} rel. L2", None,
+                    loss=float(abs(va - vb) / abs(vb)), **{f"g_{k}": v for k, v in errs.items()})
     except Exception as e:  # noqa: BLE001
         res.add("check", "DCN pallas kernels FAILED", None, error=f"{type(e).__name__}: {str(e)[:300]}")
         impls = ["gather"]
@@ -308,7 +315,8 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
                         res.add("dcn", f"torchvision {tag} FAILED", None, error=f"{type(e).__name__}: {str(e)[:200]}")
                     del tx, toff, tmask, tw, tb
 
-    dcn_table(shapes[:2], 20)
+    if not study:
+        dcn_table(shapes[:2], 20)
 
     # ---------------------------------------------------------------- EDVR-M
     cfg = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1) if tiny else \
@@ -423,6 +431,18 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record) -> None:
                 res.add(kind, what, ms, gflop=flops / 1e9, **extra)
         except Exception as e:  # noqa: BLE001
             res.add(kind, what + " FAILED", None, error=f"{type(e).__name__}: {str(e)[:300]}")
+
+    if study:  # the whole model's step and call with each DCN implementation (no BasicSR)
+        big_b, big_c = batches[1], clips[1]
+        plan = [("train", big_b, dt, impl) for dt in (jnp.bfloat16, jnp.float32)
+                for impl in ("pallas-forward", "pallas-backward", "gather", "pallas")]
+        plan += [("infer", c, dt, impl) for c in (big_c, clips[0]) for dt in (jnp.float32, jnp.bfloat16)
+                 for impl in ("gather", "pallas")]
+        for kind, size, dt, impl in plan:
+            item(kind, size, "jax", dt, 25, impl)
+            jax.clear_caches()
+        print(f"(elapsed {time.perf_counter() - budget.start:.0f} s)", flush=True)
+        return
 
     if t_model is not None:  # correctness of the whole model on this device
         try:

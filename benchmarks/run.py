@@ -335,6 +335,9 @@ def main() -> None:
     parser.add_argument("--basicsr-src", help="BasicSR 1.4.2 source tree, for the PyTorch comparison")
     parser.add_argument("--budget", type=float, default=480, help="gpu: seconds to spend (items past it are skipped)")
     parser.add_argument("--tiny", action="store_true", help="gpu: tiny shapes, to check the script on a CPU")
+    parser.add_argument("--study", action="store_true",
+                        help="gpu: the whole model with each DCN implementation (gather, pallas, and pallas for one "
+                             "pass only), instead of the side-by-side with BasicSR")
     args = parser.parse_args()
     print(json.dumps(machine()))
     if args.which == "gpu":
@@ -342,7 +345,7 @@ def main() -> None:
         loaded = sorted({m.split(".")[0] for m in sys.modules} & set(gpu.BLOCKED))
         if loaded:
             raise SystemExit(f"gpu mode imported {loaded}, which the accelerator image lacks")
-        gpu.run(args.basicsr_src, args.budget, args.tiny, (lambda *a: None) if args.tiny else record)
+        gpu.run(args.basicsr_src, args.budget, args.tiny, (lambda *a: None) if args.tiny else record, args.study)
         print("tiny shapes: nothing recorded" if args.tiny else f"appended to {RESULTS.relative_to(ROOT)}")
         return
     ours = None

@@ -1,8 +1,8 @@
 """Exporting edvr-jax computations for other platforms (``jax.export``), from any machine.
 
 The DCN picks its implementation when lowering (``modulated_deform_conv(impl="auto")``):
-an export for ``("cuda",)`` holds the Pallas Triton kernels, one for ``("tpu",)`` or
-``("cpu",)`` the vectorized gather. Triton kernels are serialized as a custom call
+an export for ``("cuda",)`` of a bf16 inference holds the Pallas Triton forward kernel,
+any other export (training steps, float32, ``("tpu",)``, ``("cpu",)``) the vectorized gather. Triton kernels are serialized as a custom call
 that ``jax.export`` does not guarantee stable across jax versions (Triton IR has no
 compatibility promise), so ``export`` allows it explicitly: load such an artifact
 with the jax version that wrote it.

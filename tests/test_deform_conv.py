@@ -2,6 +2,8 @@
 
 import math
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,12 +238,14 @@ def _border_case(seed, **kw):
     return x, offset, mask, kernel, bias
 
 
-@pytest.mark.parametrize("case", ["plain", "strided", "chunked"])
+@pytest.mark.parametrize("case", ["plain", "strided", "chunked", "pallas-forward", "pallas-backward"])
 def test_pallas_matches_gather_float32(case):
-    """Values and gradients wrt x, offset, mask, kernel and bias equal the gather path's."""
+    """Values and gradients wrt x, offset, mask, kernel and bias equal the gather path's (also with the
+    kernels for one pass only and the gather for the other)."""
     cfg = None
     conv = {}
-    if case == "plain":  # N = 84: a partial last tile
+    impl = case if case.startswith("pallas") else "pallas"
+    if case == "plain" or impl != "pallas":  # N = 84: a partial last tile
         args = _border_case(10, b=2, h=6, w=7, c=16, groups=4, o=16)
     elif case == "strided":
         conv = dict(stride=2, padding=0, dilation=2)
@@ -250,7 +254,7 @@ def test_pallas_matches_gather_float32(case):
         cfg = deform_conv_pallas.PallasConfig(block_p=16, block_c=16, tap_loop=False, bwd_block_p=16,
                                               bwd_programs=2 * 9 * 2)
         args = _border_case(12, b=2, h=5, w=9, c=32, groups=8, o=16)
-    out, grads = _value_and_grads("pallas", args, cfg, **conv)
+    out, grads = _value_and_grads(impl, args, cfg, **conv)
     ref, ref_grads = _value_and_grads("gather", args, **conv)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
     for name, g, g_ref in zip(("x", "offset", "mask", "kernel", "bias"), grads, ref_grads):
@@ -277,7 +281,9 @@ def _uses_pallas(x, offset, mask, kernel, bias=None, **kw) -> bool:
 def test_implementation_selection_and_fallback(monkeypatch):
     x, offset, mask, kernel, bias = _random_case(14, b=1, h=4, w=5, c=16, groups=4, o=16)
     assert _uses_pallas(x, offset, mask, kernel, bias, impl="pallas")
-    assert _uses_pallas(x, offset, mask, kernel, bias, impl="auto")  # as the CUDA branch, lowered only there
+    # "auto": the kernels only in the CUDA branch of a bfloat16 DCN (lowered only there; see the CUDA test).
+    assert not _uses_pallas(x, offset, mask, kernel, bias, impl="auto")
+    assert _uses_pallas(jnp.asarray(x, jnp.bfloat16), offset, mask, jnp.asarray(kernel, jnp.bfloat16), impl="auto")
     assert not _uses_pallas(x, offset, mask, kernel, bias, impl="gather")
     # Shapes the kernels do not take fall back to the gather: 8 channels, 3 output channels, float64.
     x8, off8, mask8, kern8, _ = _random_case(14, b=1, h=4, w=5, c=8, groups=4, o=16)
@@ -310,14 +316,22 @@ def test_pallas_config_from_environment(monkeypatch):
 
 
 def test_pallas_kernels_lower_for_cuda():
-    """The Triton kernels (forward and backward) lower for CUDA on a machine without a GPU."""
+    """The Triton kernels (forward and backward) lower for CUDA on a machine without a GPU; "auto" puts
+    them only in an undifferentiated bfloat16 DCN (where they measured faster than the gather on H100/H200)."""
     from edvr_jax.lowering import export, has_triton_kernels
 
     x, offset, mask, kernel, bias = _random_case(15, b=1, h=8, w=8, c=16, groups=8, o=16)
-    grad = jax.value_and_grad(lambda *a: modulated_deform_conv(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2, 3, 4))
+
+    def grad(impl):
+        loss = lambda *a: modulated_deform_conv(*a, impl=impl).astype(jnp.float32).sum()  # noqa: E731
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
+
     for dtype in (jnp.float32, jnp.bfloat16):
         args = (jnp.asarray(x, dtype), offset, mask, jnp.asarray(kernel, dtype), jnp.asarray(bias, dtype))
-        assert has_triton_kernels(export(modulated_deform_conv, *args, platforms=("cuda",)))
-        exported = export(grad, *args, platforms=("cuda",))
+        forward = partial(modulated_deform_conv, impl="pallas")
+        assert has_triton_kernels(export(forward, *args, platforms=("cuda",)))
+        exported = export(grad("pallas"), *args, platforms=("cuda",))
         assert exported.mlir_module().count("xla.gpu.triton") >= 2  # forward and backward kernels
-        assert not has_triton_kernels(export(grad, *args, platforms=("tpu",)))
+        assert has_triton_kernels(export(modulated_deform_conv, *args, platforms=("cuda",))) == (dtype == jnp.bfloat16)
+        assert not has_triton_kernels(export(grad("auto"), *args, platforms=("cuda",)))
+        assert not has_triton_kernels(export(grad("auto"), *args, platforms=("tpu",)))

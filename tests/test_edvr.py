@@ -260,8 +260,8 @@ def test_restorer_uses_padded_windows(tiny):
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 def test_train_step_and_inference_export_for_accelerators(platform):
     """train.py's bf16 training step (edvr_jax.training.train_step: Charbonnier + BasicSR's Adam) and
-    inference lower for CUDA (with the Pallas DCN kernels) and for TPU (the gather DCN) on this
-    CPU-only machine."""
+    inference lower for CUDA and for TPU on this CPU-only machine: bf16 inference on CUDA with the
+    Pallas DCN kernels, everything else with the gather DCN (the faster of the two on H100/H200)."""
     import functools
 
     from edvr_jax import training
@@ -281,4 +281,4 @@ def test_train_step_and_inference_export_for_accelerators(platform):
     state_out = step.out_avals[:len(jax.tree.leaves(state))]
     assert {a.dtype for a in state_out} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}  # f32 params, Adam state
     assert infer.out_avals[0].shape == (2, 64, 64, 3)
-    assert has_triton_kernels(step) == has_triton_kernels(infer) == (platform == "cuda")
+    assert has_triton_kernels(infer) == (platform == "cuda") and not has_triton_kernels(step)

@@ -46,14 +46,43 @@ values and all gradients, f32 and bf16):
   kernel gradients as per-program partials, input gradients by atomic adds.
 
 ``impl="auto"`` (default) picks per *lowering* platform with
-``lax.platform_dependent``: CUDA -> pallas when the shapes suit the kernels
-(``deform_conv_pallas.supports``), else gather; CPU -> gather tuned for CPU;
+``lax.platform_dependent``: CUDA -> the Pallas forward kernel for a bfloat16 (or
+float16) DCN that is not differentiated, when the shapes suit the kernels
+(``deform_conv_pallas.supports``); the gather for everything else, including both
+passes of a differentiated DCN (a custom VJP whose primal is the kernel and whose
+forward and backward rules are the gather's); CPU -> gather tuned for CPU;
 anything else -> gather with the accelerator settings (one chunk, ``jnp.sum``).
-So ``jax.export(..., platforms=("cuda",))`` of a model holds the kernels and
-``platforms=("tpu",)`` the gather, from any machine. (One platform per export:
+So ``jax.export(..., platforms=("cuda",))`` of a bf16 inference holds the kernel
+and ``platforms=("tpu",)`` the gather, from any machine. (One platform per export:
 a multi-platform export that includes CUDA fails, since this jax lowers every
 branch of a platform switch for every platform and a Triton kernel has no TPU
-or CPU lowering.)
+or CPU lowering.) ``impl="pallas"`` runs both passes in the kernels;
+``"pallas-forward"`` / ``"pallas-backward"`` one pass in the kernels and the other in
+the gather (for measurement).
+
+Why that split on CUDA: EDVR-M, whole model, one process per card, jax 0.11.2,
+medians (``python benchmarks/run.py gpu`` and ``gpu --study``, 2026-11-27;
+milliseconds, gather / pallas):
+
+=================================  =============  =============
+work                               H100           H200
+=================================  =============  =============
+inference bf16, 8 clips 5x180x320  47.9 / 39.7    41.0 / 31.2
+inference bf16, 1 clip             -              6.47 / 5.24
+inference f32, 8 clips             -              64.7 / 68.7
+inference f32, 1 clip              -              9.59 / 10.2
+train step bf16, batch 32 (64px)   65.6 / 66.6    56.8 / 58.9
+train step f32, batch 32           -              87.3 / 85.9
+=================================  =============  =============
+
+(H200 training, kernels for one pass only: bf16 61.7 forward-only / 61.8
+backward-only; f32 94.4 / 83.0.) The kernel forward wins by 17-24 % in bf16
+inference and loses by 4-6 % in float32 inference; in training neither wins by
+more than the few % that separate repeated runs, except that bf16 training was
+faster with the gather on both cards (1.5 %, 3.6 %), so training stays on the
+reference formulation. (Not profiled: why the f32 kernel is slower.) Op
+level on H100 (16x64x64x64, 8 groups, ms, gather / pallas): forward f32 0.50 /
+0.58, bf16 0.47 / 0.37; forward+backward f32 1.57 / 1.49, bf16 1.73 / 2.06.
 
 Why gather on TPU: a Pallas TPU (Mosaic) kernel would need per-row dynamic
 gathers from VMEM (the four corners of each sample come from data-dependent
@@ -62,8 +91,8 @@ row (16-32 bytes, far below DMA efficiency); XLA's TPU gather is the better
 starting point, and no TPU was available to measure either. The gather path
 with the accelerator settings lowers for TPU (tested by export from CPU).
 
-Why these choices on GPU (from the H200 profile in
-``shared/reference/gpu-h200.md``; the kernels themselves await a GPU): the gather
+Why the kernels exist (from the H200 profile in ``shared/reference/gpu-h200.md``,
+before they were written): the gather
 forward wrote 2.65 GB of bf16 im2col columns per EDVR-M inference call (34 % of
 it), and its backward's fused offset/mask-gradient expression ran at 25 %
 occupancy (26 % of the training step). The kernels remove the columns and
@@ -328,9 +357,29 @@ _pallas_dcn.defvjp(_pallas_fwd, _pallas_bwd)
 
 # ------------------------------------------------------------------------------------------ entry point
 
-IMPLS = ("auto", "gather", "pallas")
+IMPLS = ("auto", "gather", "pallas", "pallas-forward", "pallas-backward")
 #: Overrides ``impl="auto"`` everywhere (e.g. ``EDVR_JAX_DCN_IMPL=gather`` to rule the Pallas kernels out).
 IMPL_ENV = "EDVR_JAX_DCN_IMPL"
+
+
+def _split_vjp(forward, backward_of, primal=None):
+    """A DCN whose gradient is the VJP of ``backward_of``; its value is ``forward``'s under differentiation and
+    ``primal``'s (default ``forward``) when it is not differentiated. All three compute the same function.
+
+    ``backward_of``'s own forward output is unused in the backward pass and removed by XLA.
+    """
+    @jax.custom_vjp
+    def dcn(x, offset, mask, kernel, bias):
+        return (primal or forward)(x, offset, mask, kernel, bias)
+
+    def dcn_fwd(*args):
+        return forward(*args), args
+
+    def dcn_bwd(args, g_out):
+        return jax.vjp(backward_of, *args)[1](g_out)
+
+    dcn.defvjp(dcn_fwd, dcn_bwd)
+    return dcn
 
 
 def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
@@ -404,14 +453,18 @@ def modulated_deform_conv(
         (all ``B`` images at once). None: on CPU, two rows or more, about 2 MiB
         of columns or more; elsewhere all rows in one step. The result does not
         depend on it.
-      impl: ``"auto"`` (default): the Pallas GPU kernels where the computation is
-        lowered for CUDA and the shapes suit them, the vectorized gather
-        everywhere else (CPU, TPU, ROCm). The choice is made when lowering
-        (``lax.platform_dependent``), so ``jax.export`` for several platforms
-        gets each its own path. ``"gather"``: always the gather. ``"pallas"``:
-        the Pallas kernels where the shapes suit them (in Pallas interpret mode
-        off CUDA: slow, for tests), else the gather. The environment variable
-        ``EDVR_JAX_DCN_IMPL`` (``gather`` / ``pallas``) overrides ``"auto"``.
+      impl: ``"auto"`` (default): when lowered for CUDA, the Pallas forward
+        kernel for a bf16/f16 DCN that is not differentiated (where the shapes
+        suit it); the vectorized gather for everything else and everywhere else
+        (CPU, TPU, ROCm): the faster choice in each case as measured on
+        H100/H200 (module docstring). The choice is made when lowering
+        (``lax.platform_dependent``), so ``jax.export`` for one platform gets
+        that platform's path. ``"gather"``: always the gather. ``"pallas"``:
+        the Pallas kernels for both passes where the shapes suit them (in
+        Pallas interpret mode off CUDA: slow, for tests), else the gather.
+        ``"pallas-forward"`` / ``"pallas-backward"``: the kernels for one pass,
+        the gather for the other. The environment variable
+        ``EDVR_JAX_DCN_IMPL`` (any of these but ``auto``) overrides ``"auto"``.
       pallas_config: launch parameters of the Pallas kernels (tile sizes, warps);
         None: ``deform_conv_pallas.config_for(x.dtype)``.
 
@@ -462,8 +515,17 @@ def modulated_deform_conv(
     branches = dict(cpu=gather_cpu, default=gather_accel)
     if impl != "gather" and deform_conv_pallas.supports(x.shape, x.dtype, out_ch, groups) is None:
         config = pallas_config or deform_conv_pallas.config_for(x.dtype)
-        pallas = partial(_pallas_path, geo_args=geo_args, config=config)
-        branches["cuda"] = partial(pallas, interpret=False)
-        if impl == "pallas":
-            branches = dict(cuda=branches["cuda"], default=partial(pallas, interpret=True))
+
+        def kernels(interpret):
+            pallas = partial(_pallas_path, geo_args=geo_args, config=config, interpret=interpret)
+            if impl == "pallas-forward":
+                return _split_vjp(pallas, gather_accel)
+            if impl == "pallas-backward":
+                return _split_vjp(gather_accel, pallas)
+            return pallas
+
+        if impl != "auto":
+            branches = dict(cuda=kernels(interpret=False), default=kernels(interpret=True))  # interpret off CUDA
+        elif x.dtype in (jnp.bfloat16, jnp.float16):  # the kernels for inference, the gather for training
+            branches["cuda"] = _split_vjp(gather_accel, gather_accel, primal=kernels(interpret=False))
     return jax.lax.platform_dependent(x, offset, mask, kernel, bias, **branches)
