@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from edvr_jax.data.degrade import degrade
-from edvr_jax.data.frames import DatasetError, read_rgb
+from edvr_jax.data.frames import DatasetError, encode_png, read_rgb
 
 @dataclasses.dataclass
 class Clip:
@@ -135,5 +135,5 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
                     raise DatasetError(f"{lq_what} is {lq.shape[0]}x{lq.shape[1]} but earlier frames of the "
                                        f"clip are {size[0]}x{size[1]}; a clip's frames must share one size")
                 # Keys sort in clip/frame order; with shuffling disabled that is the record order.
-                yield f"{index:09d}", {"lq": lq, "gt": gt, "clip": clip.name, "frame": f}
+                yield f"{index:09d}", {"lq": encode_png(lq), "gt": encode_png(gt), "clip": clip.name, "frame": f}
                 index += 1
