@@ -2,7 +2,7 @@
 
     python eval.py --checkpoint runs/demo                          # demo test clips
     python eval.py --checkpoint EDVR_L_x4_SR_REDS.pth --dataset reds4 --manual_dir /data/REDS
-    python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png or GT/<clip>.mp4 (+ LQ/<clip>/)
+    python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png or <clip>.mp4 (+ LQ/)
     python eval.py --checkpoint CKPT --dataset FOLDER --degradation bd   # LQ made from GT where FOLDER has none
 
 Every frame of every clip (temporal padding per task: reflection_circle for SR,

@@ -136,7 +136,8 @@ def test_held_out_part_in_the_middle_and_named_clips(footage):
     whole = split_clips(clips, test_clips=("a", "c"))
     assert [n for n, *_ in whole["train"]] == ["b"] and [n for n, *_ in whole["test"]] == ["a", "c"]
     assert list(split_clips(clips, test_part=())) == ["train"]
-    with pytest.raises(DatasetError, match=r"training clip a.0000-0003 has 4 frames \(frames 0-3 of .*GT/a\), fewer than min_frames=5"):
+    with pytest.raises(DatasetError, match=r"training clip a.0000-0003 has 4 frames \(frames 0-3 of .*GT/a\), "
+                                           r"fewer than min_frames=5"):
         split_clips(clips, test_part=(0.4, 0.7))
     with pytest.raises(DatasetError, match=r"test_clips \['z'\] are not clips of the folder"):
         split_clips(clips, test_clips=("z",))

@@ -39,8 +39,8 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
     TFDS name). The demo sets build from nothing; the others from ``manual_dir`` (never from
     the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
-    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the others; its
-    TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
+    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the
+    others; its TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
     """
     import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
     from edvr_jax.data.footage import EdvrFootage, make_config
