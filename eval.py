@@ -2,7 +2,8 @@
 
     python eval.py --checkpoint runs/demo                          # demo test clips
     python eval.py --checkpoint EDVR_L_x4_SR_REDS.pth --dataset reds4 --manual_dir /data/REDS
-    python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png + FOLDER/LQ/<clip>/*.png
+    python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png or <clip>.mp4 (+ LQ/)
+    python eval.py --checkpoint CKPT --dataset FOLDER --degradation bd   # LQ made from GT where FOLDER has none
 
 Every frame of every clip (temporal padding per task: reflection_circle for SR,
 replicate for deblurring), PSNR/SSIM on RGB and on BT.601 Y, averaged per clip then
@@ -24,13 +25,17 @@ from PIL import Image
 
 from edvr_jax.cli import define_config_flag, exit_on_user_error, parse_absl_flags, quiet_dependencies
 from edvr_jax.errors import UserError
-from edvr_jax.io import InputError, read_clip
 from edvr_jax.temporal import PADDING_MODES
 
 _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, data config, "
                                           "validation padding and crop border become the defaults.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
-_DATASET = flags.DEFINE_string("dataset", "demo", "demo | reds4 | vid4 | vimeo90k_test | a folder with GT/ and LQ/.")
+_DATASET = flags.DEFINE_string("dataset", "demo", "demo | demo_video | reds4 | vid4 | vimeo90k_test | footage (the "
+                               "test split; with --config) | a folder: GT/<clip>/ frames or GT/<clip>.mp4 videos, "
+                               "optional LQ/<clip>/ (edvr_jax.data.footage).")
+_DEGRADATION = flags.DEFINE_string("degradation", None, "For a folder: how LQ is made from GT "
+                                 "where the folder gives none (bi: MATLAB bicubic, bd: Gaussian blur + decimation); "
+                                 "default: bd for a bd_* --data_config, else bi.")
 _DATA_CONFIG = flags.DEFINE_string("data_config", None, "TFDS config (REDS: sr_x4, deblur, deblurcomp, srblur); "
                                    "default: from the model (deblur for HR input, else sr_x4).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
@@ -47,23 +52,7 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Keep the dependencies' log lines
 _SIDE_BY_SIDE = flags.DEFINE_bool("side_by_side", True, "Write input | output | GT of each clip's middle frame.")
 
 SPLITS = {"demo": ("demo", "test"), "reds4": ("reds", "reds4"), "vid4": ("vid4", "test"),
-          "vimeo90k_test": ("vimeo90k", "test")}
-
-
-def folder_clips(root: Path, clips: list[str] | None):
-    """EvalClips from ``root/GT/<clip>/`` and ``root/LQ/<clip>/`` (or ``BIx4``) frame folders."""
-    lq_root = next((root / n for n in ("LQ", "BIx4", "lq") if (root / n).is_dir()), None)
-    if not (root / "GT").is_dir() or lq_root is None:
-        raise InputError(f"{root}: expected GT/<clip>/*.png and LQ/<clip>/*.png (or BIx4/)")
-    names = clips or sorted(p.name for p in (root / "GT").iterdir() if p.is_dir())
-    for name in names:
-        gt, gt_names, _ = read_clip(root / "GT" / name)
-        lq, lq_names, _ = read_clip(lq_root / name)
-        if gt_names != lq_names:
-            raise InputError(f"clip {name}: GT and LQ frame names differ ({gt_names[:3]}... vs {lq_names[:3]}...)")
-        from edvr_jax.data import EvalClip
-
-        yield EvalClip(name, lq, gt)
+          "vimeo90k_test": ("vimeo90k", "test"), "demo_video": ("demo_video", "test"), "footage": ("footage", "test")}
 
 
 def print_table(results: list, summary: dict) -> None:
@@ -92,12 +81,16 @@ def evaluate() -> None:
     from tqdm import tqdm
 
     dataset, data_config, padding, crop_border = _DATASET.value, _DATA_CONFIG.value, _PADDING.value, _CROP_BORDER.value
+    data_dir, manual_dir, footage = _DATA_DIR.value, _MANUAL_DIR.value, None
     if _CONFIG.value is not None:  # a training config supplies the defaults the flags leave open
         dc = _CONFIG.value.data
         given = lambda name: flags.FLAGS[name].present  # noqa: E731
         dataset = dataset if given("dataset") else {"demo": "demo", "reds": "reds4", "vimeo90k": "vimeo90k_test",
-                                                     "vid4": "vid4"}.get(dc.name, dataset)
+                                                     "vid4": "vid4", "demo_video": "demo_video",
+                                                     "footage": "footage"}.get(dc.name, dataset)
         data_config = data_config or dc.config
+        data_dir, manual_dir = data_dir or dc.data_dir or None, manual_dir or dc.manual_dir or None
+        footage = dc.get("footage")
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
     restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,
@@ -107,13 +100,16 @@ def evaluate() -> None:
         name, split = SPLITS[dataset]
         config = data_config or (None if name != "reds" and name != "demo" else
                                  ("deblur" if scale == 1 else "sr_x4"))
-        builder = data.load_builder(name, config=config, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value)
+        builder = data.load_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, footage=footage)
         reader = data.ClipReader(builder, split)
         if reader.scale != scale:
             raise UserError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
         clips = list(data.eval_clips(reader, _CLIPS.value))
     else:
-        clips = list(folder_clips(Path(dataset), _CLIPS.value))
+        degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
+        if degradation not in data.DEGRADATIONS:
+            raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
+        clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale))
     ckpt = Path(_CHECKPOINT.value)
     out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}")
     out_dir.mkdir(parents=True, exist_ok=True)

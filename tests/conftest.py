@@ -46,7 +46,7 @@ TINY = {"model.num_feat": 8, "model.deformable_groups": 2, "model.num_extract_bl
 
 
 def tiny_config(data_dir, **overrides):
-    return load_config("demo", **{**TINY, "data.data_dir": data_dir, **overrides})
+    return load_config("demo,data=demo", **{**TINY, "data.data_dir": data_dir, **overrides})
 
 
 @pytest.fixture(scope="session")

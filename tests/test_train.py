@@ -249,7 +249,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     ("m", "edvr_m_reds", 3_300_131), ("m,tsa=False", "edvr_m_wotsa_reds", 2_996_259),
     ("l", "edvr_l_reds", 20_633_827), ("l,tsa=False", "edvr_l_wotsa_reds", None),
     ("l,task=deblur", "edvr_l_deblur_reds", 23_602_019), ("l,task=srblur", "edvr_l_srblur_reds", 23_306_851),
-    ("variant=l,data=vimeo90k", "edvr_l_vimeo90k", 20_699_363), ("demo", "demo", None)])
+    ("variant=l,data=vimeo90k", "edvr_l_vimeo90k", 20_699_363), ("demo", "demo", None),
+    ("demo,data=demo", "demo_photos", None), ("m,data=footage", "edvr_m_footage", 3_300_131)])
 def test_configs_build_their_models(arg, name, params):
     cfg = load_config(arg)
     training.validate_config(cfg)
@@ -258,7 +259,10 @@ def test_configs_build_their_models(arg, name, params):
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(model.input_shape(1, 64, 64)))
     if params is not None:
         assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == params
-    assert bool(cfg.optim.tsa_iter) == (cfg.model.with_tsa and "task" not in arg and arg != "demo")
+    assert bool(cfg.optim.tsa_iter) == (cfg.model.with_tsa and "task" not in arg and not arg.startswith("demo"))
+    assert (cfg.data.name, cfg.data.config) == {"demo": ("demo_video", "bi_x4"), "demo,data=demo": ("demo", "sr_x4"),
+                                                "m,data=footage": ("footage", "bi_x4")}.get(
+        arg, (cfg.data.name, cfg.data.config if "task" in arg else "sr_x4"))
 
 
 def test_recipes_follow_basicsr():

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from edvr_jax.data.bicubic import downsample_uint8
-from edvr_jax.data.frames import DatasetError, read_rgb
+from edvr_jax.data.degrade import degrade
+from edvr_jax.data.frames import DatasetError, encode_png, read_rgb
 
 @dataclasses.dataclass
 class Clip:
-    """One clip to store. ``lq``/``gt`` hold a file path or a uint8 ``[H, W, 3]`` array per
-    frame; an ``lq`` entry of None is made from its GT by MATLAB-bicubic downsampling."""
+    """One clip to store. ``lq``/``gt`` hold, per frame, a file path, a uint8 ``[H, W, 3]``
+    array or a ``LazyFrame``; an ``lq`` entry of None is made from its GT by the config's
+    degradation (MATLAB bicubic unless the config says otherwise)."""
 
     name: str
     lq: Sequence
@@ -37,13 +38,25 @@ class Clip:
 
 @dataclasses.dataclass
 class VideoConfig(tfds.core.BuilderConfig):
-    """``scale``: GT size / LQ size (4 for SR, 1 for deblurring)."""
+    """``scale``: GT size / LQ size (4 for SR, 1 for deblurring); ``degradation``: how LQ
+    frames that a dataset does not provide are made from GT (``edvr_jax.data.degrade``)."""
 
     scale: int = 4
+    degradation: str = "bi"
 
 
-def _describe(clip: Clip, f: int, kind: str, item) -> str:
-    source = "bicubic of GT" if item is None else "array" if isinstance(item, np.ndarray) else item
+@dataclasses.dataclass(frozen=True)
+class LazyFrame:
+    """A frame read only when stored: ``read()`` -> uint8 ``[H, W, 3]`` (e.g. one frame of a
+    video); ``source`` names it in error messages."""
+
+    read: Callable[[], np.ndarray]
+    source: str
+
+
+def _describe(clip: Clip, f: int, kind: str, item, degradation: str = "bi") -> str:
+    source = (f"{degradation} of GT" if item is None else "array" if isinstance(item, np.ndarray)
+              else item.source if isinstance(item, LazyFrame) else item)
     return f"clip {clip.name} frame {f} {kind} ({source})"
 
 
@@ -52,6 +65,8 @@ def _load(item, what: str) -> np.ndarray:
         if item.dtype != np.uint8 or item.ndim != 3 or item.shape[-1] != 3:
             raise DatasetError(f"{what}: expected uint8 [H, W, 3], got {item.dtype} {item.shape}")
         return item
+    if isinstance(item, LazyFrame):
+        return _load(item.read(), what)
     return read_rgb(item)
 
 
@@ -102,14 +117,15 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(clips) for split, clips in splits.items()}
 
     def _generate_examples(self, clips: list[Clip]):
-        scale = self.builder_config.scale
+        scale, degradation = self.builder_config.scale, self.builder_config.degradation
         index = 0
         for clip in clips:
             size = None
             for f, (lq_item, gt_item) in enumerate(zip(clip.lq, clip.gt)):
-                gt_what, lq_what = _describe(clip, f, "GT", gt_item), _describe(clip, f, "LQ", lq_item)
+                gt_what = _describe(clip, f, "GT", gt_item)
+                lq_what = _describe(clip, f, "LQ", lq_item, degradation)
                 gt = _load(gt_item, gt_what)
-                lq = downsample_uint8(gt, scale) if lq_item is None else _load(lq_item, lq_what)
+                lq = degrade(gt, degradation, scale) if lq_item is None else _load(lq_item, lq_what)
                 if gt.shape[:2] != (lq.shape[0] * scale, lq.shape[1] * scale):
                     raise DatasetError(f"{gt_what} is {gt.shape[0]}x{gt.shape[1]} but {lq_what} is "
                                        f"{lq.shape[0]}x{lq.shape[1]}; expected GT = {scale} x LQ")
@@ -119,5 +135,5 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
                     raise DatasetError(f"{lq_what} is {lq.shape[0]}x{lq.shape[1]} but earlier frames of the "
                                        f"clip are {size[0]}x{size[1]}; a clip's frames must share one size")
                 # Keys sort in clip/frame order; with shuffling disabled that is the record order.
-                yield f"{index:09d}", {"lq": lq, "gt": gt, "clip": clip.name, "frame": f}
+                yield f"{index:09d}", {"lq": encode_png(lq), "gt": encode_png(gt), "clip": clip.name, "frame": f}
                 index += 1

