@@ -8,7 +8,8 @@
 Every frame of every clip (temporal padding per task: reflection_circle for SR,
 replicate for deblurring), PSNR/SSIM on RGB and on BT.601 Y, averaged per clip then
 over clips, with the bicubic (SR) or input (deblur) baseline beside every number.
-Writes results.json and results.csv (and optionally the restored frames and an
+A train.py run is evaluated on its own validation split with its own protocol unless flags
+(or --config) say otherwise. Writes results.json and results.csv (and optionally the restored frames and an
 input | output | GT image per clip) into --out (default: CHECKPOINT/eval_<dataset>).
 """
 
@@ -55,6 +56,21 @@ SPLITS = {"demo": ("demo", "test"), "reds4": ("reds", "reds4"), "vid4": ("vid4",
           "vimeo90k_test": ("vimeo90k", "test"), "demo_video": ("demo_video", "test"), "footage": ("footage", "test")}
 
 
+def _run_data(checkpoint: str):
+    """``(data config, "the run's config")`` of a train.py run (its validation set and protocol), or
+    ``(None, None)`` for other weights."""
+    import ml_collections
+
+    from edvr_jax import weights
+
+    if weights.kind_of(checkpoint) != "train_run":
+        return None, None
+    train_config = weights.read_header(checkpoint).train_config
+    if not train_config:
+        return None, None
+    return ml_collections.ConfigDict(train_config["data"]), "the run's config"
+
+
 def print_table(results: list, summary: dict) -> None:
     from edvr_jax import evaluation
 
@@ -82,8 +98,9 @@ def evaluate() -> None:
 
     dataset, data_config, padding, crop_border = _DATASET.value, _DATA_CONFIG.value, _PADDING.value, _CROP_BORDER.value
     data_dir, manual_dir, footage = _DATA_DIR.value, _MANUAL_DIR.value, None
-    if _CONFIG.value is not None:  # a training config supplies the defaults the flags leave open
-        dc = _CONFIG.value.data
+    # A training config supplies the defaults the flags leave open: --config's, or else the run's own.
+    dc, defaults_from = (_CONFIG.value.data, "--config") if _CONFIG.value is not None else _run_data(_CHECKPOINT.value)
+    if dc is not None:
         given = lambda name: flags.FLAGS[name].present  # noqa: E731
         dataset = dataset if given("dataset") else {"demo": "demo", "reds": "reds4", "vimeo90k": "vimeo90k_test",
                                                      "vid4": "vid4", "demo_video": "demo_video",
@@ -91,6 +108,7 @@ def evaluate() -> None:
         data_config = data_config or dc.config
         data_dir, manual_dir = data_dir or dc.data_dir or None, manual_dir or dc.manual_dir or None
         footage = dc.get("footage")
+        footage = footage.to_dict() if hasattr(footage, "to_dict") else footage
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
     restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,
@@ -136,7 +154,8 @@ def evaluate() -> None:
     print_table(results, summary)
     from edvr_jax import weights
 
-    report = {"checkpoint": str(_CHECKPOINT.value), "weights": weights.describe(_CHECKPOINT.value), "dataset": dataset, "padding": restorer.padding,
+    report = {"checkpoint": str(_CHECKPOINT.value), "weights": weights.describe(_CHECKPOINT.value), "dataset": dataset,
+              "defaults_from": defaults_from, "padding": restorer.padding,
               "crop_border": crop_border, "seconds": time.perf_counter() - start, "average": summary,
               "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -182,7 +182,7 @@ def load_weights(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str
     model = header.build()
     target = {"params": abstract_params(model)}
     with ocp.StandardCheckpointer() as ckptr:
-        saved = ckptr.metadata(path / "params").item_metadata.tree
+        saved = ckptr.metadata((path / "params").absolute()).item_metadata.tree
         want = traverse_util.flatten_dict(dict(target), sep="/")
         have = traverse_util.flatten_dict(dict(saved), sep="/")
         problems = [f"{k}: saved {tuple(have[k].shape)}, config wants {tuple(v.shape)}"
@@ -285,7 +285,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
         step = run_steps(path)[-1]
         with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
-            saved = ckptr.metadata(path / RUN_CHECKPOINTS / str(step) / RUN_STATE).item_metadata.tree
+            # (an absolute path: Orbax reads no item metadata through a relative one)
+            saved = ckptr.metadata((path / RUN_CHECKPOINTS / str(step) / RUN_STATE).absolute()).item_metadata.tree
         info.update(step=step, params="ema_params" if "ema_params" in saved else "params")
     return info
 

@@ -1,6 +1,7 @@
 """Metrics, clip restoration at any size (padding, tiles), exports, eval.py / restore CLIs, bad input."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +277,19 @@ def test_eval_cli_on_the_demo_set(exported, demo_builder, tmp_path):
     assert len(report["clips"]["test00"]["frames"]) == 10
     assert (tmp_path / "results.csv").read_text().count("\n") == 4
     assert (tmp_path / "test02_input_output_gt.png").is_file()
+
+
+def test_eval_cli_on_a_train_run_uses_the_runs_own_dataset(reference_run, tmp_path):
+    """No --dataset, --data_dir or --config: the run's validation split, data dir and protocol (the
+    run given by a relative path, as users type it)."""
+    proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={os.path.relpath(reference_run, ROOT)}",
+                           f"--out={tmp_path}",
+                           "--clips=test01"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert (report["dataset"], report["defaults_from"], list(report["clips"])) == ("demo", "the run's config",
+                                                                                  ["test01"])
+    assert report["weights"]["kind"] == "train_run"
 
 
 # --- bad input ---------------------------------------------------------------------------------
