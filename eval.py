@@ -26,6 +26,7 @@ from PIL import Image
 
 from edvr_jax.cli import define_config_flag, exit_on_user_error, parse_absl_flags, quiet_dependencies
 from edvr_jax.errors import UserError
+from edvr_jax.restorer import TILE_OVERLAP
 from edvr_jax.temporal import PADDING_MODES
 
 _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, data config, "
@@ -45,7 +46,7 @@ _PADDING = flags.DEFINE_enum("padding", None, PADDING_MODES, "Temporal padding (
 _CROP_BORDER = flags.DEFINE_integer("crop_border", 0, "Pixels cropped from each border before the metrics.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Windows (or tiles) per model call.")
 _TILE = flags.DEFINE_integer("tile", None, "LQ tile side for large frames; default whole frames.")
-_TILE_OVERLAP = flags.DEFINE_integer("tile_overlap", 32, "LQ pixels shared by neighbouring tiles.")
+_TILE_OVERLAP = flags.DEFINE_integer("tile_overlap", TILE_OVERLAP, "LQ pixels shared by neighbouring tiles.")
 _CLIPS = flags.DEFINE_list("clips", None, "Only these clips.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: eval_<dataset> beside the checkpoint).")
 _SAVE_IMAGES = flags.DEFINE_bool("save_images", False, "Write the restored frames as PNGs.")

@@ -240,13 +240,11 @@ def _setup_data(cfg, lead: bool):
     from edvr_jax import data
 
     dc = cfg.data
-    args = dict(config=dc.config or None, data_dir=dc.data_dir or None, manual_dir=dc.manual_dir or None,
-                footage=dc.footage.to_dict())
     if lead:  # one process builds the dataset if it is not built yet; the others wait for it
-        data.load_builder(dc.name, **args)
+        data.load_config_builder(dc)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dataset built")
-    builder = data.load_builder(dc.name, **args)
+    builder = data.load_config_builder(dc)
     reader = data.ClipReader(builder, dc.train_split)
     spec = data.WindowSpec(num_frame=cfg.model.num_frame, gt_size=dc.gt_size, interval_list=tuple(dc.interval_list),
                            random_reverse=dc.random_reverse, use_hflip=dc.use_hflip, use_rot=dc.use_rot,

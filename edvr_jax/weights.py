@@ -182,7 +182,7 @@ def load_weights(path: str | os.PathLike) -> tuple[EDVR | TwoStageEDVR, dict[str
     model = header.build()
     target = {"params": abstract_params(model)}
     with ocp.StandardCheckpointer() as ckptr:
-        saved = ckptr.metadata((path / "params").absolute()).item_metadata.tree
+        saved = ckptr.metadata(path / "params").item_metadata.tree
         want = traverse_util.flatten_dict(dict(target), sep="/")
         have = traverse_util.flatten_dict(dict(saved), sep="/")
         problems = [f"{k}: saved {tuple(have[k].shape)}, config wants {tuple(v.shape)}"
@@ -203,6 +203,12 @@ def run_steps(workdir: str | os.PathLike) -> list[int]:
     return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()) if ckpts.is_dir() else []
 
 
+def _run_state(workdir: str | os.PathLike, step: int) -> Path:
+    """A train run's Orbax state item at ``step``, as an absolute path (Orbax reads no item
+    metadata through a relative one)."""
+    return (Path(workdir) / RUN_CHECKPOINTS / str(step) / RUN_STATE).absolute()
+
+
 def read_run_params(workdir: str | os.PathLike, ema: bool | None = None, step: int | None = None) -> dict[str, Any]:
     """A train run's parameters (numpy, on the host, whatever mesh saved them) at ``step``
     (default: the newest). ``ema``: the EMA parameters (None: them when the run kept them)."""
@@ -212,7 +218,7 @@ def read_run_params(workdir: str | os.PathLike, ema: bool | None = None, step: i
     if not steps:
         raise FileNotFoundError(f"{workdir}: no complete checkpoint in {Path(workdir) / RUN_CHECKPOINTS}")
     step = steps[-1] if step is None else step
-    item = (Path(workdir) / RUN_CHECKPOINTS / str(step) / RUN_STATE).absolute()
+    item = _run_state(workdir, step)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     try:
         with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
@@ -285,8 +291,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
         step = run_steps(path)[-1]
         with _orbax_quiet(), ocp.PyTreeCheckpointer() as ckptr:
-            # (an absolute path: Orbax reads no item metadata through a relative one)
-            saved = ckptr.metadata((path / RUN_CHECKPOINTS / str(step) / RUN_STATE).absolute()).item_metadata.tree
+            saved = ckptr.metadata(_run_state(path, step)).item_metadata.tree
         info.update(step=step, params="ema_params" if "ema_params" in saved else "params")
     return info
 

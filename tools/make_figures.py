@@ -46,10 +46,8 @@ def validation_frame(run: Path, data_dir: str | None, frame: int | None):
     cfg = weights.read_header(run).train_config
     if not cfg:
         raise SystemExit(f"{run} has no training config (not a train.py run)")
-    dc = cfg["data"]
-    builder = data.load_builder(dc["name"], config=dc["config"] or None, data_dir=data_dir or dc["data_dir"] or None,
-                                manual_dir=dc["manual_dir"] or None, footage=dc.get("footage"))
-    clip = next(data.eval_clips(data.ClipReader(builder, dc["val_split"])))
+    builder = data.load_config_builder(cfg["data"], data_dir)
+    clip = next(data.eval_clips(data.ClipReader(builder, cfg["data"]["val_split"])))
     f = len(clip.gt) // 2 if frame is None else frame
     if not 0 <= f < len(clip.gt):
         raise SystemExit(f"--frame {f}: {clip.name} has frames 0-{len(clip.gt) - 1}")
@@ -65,23 +63,25 @@ def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, c
     from edvr_jax.evaluation import baseline
     from edvr_jax.io import to_uint8
     from edvr_jax.metrics import psnr
+    from edvr_jax.temporal import window_table
 
     clip, f = validation_frame(run, data_dir, frame)
     restorer = edvr_jax.load(run)
     n = restorer.num_frame
-    restored = dict(restorer.frames(clip.lq))  # the whole clip, as the validation pads it
-    ours = to_uint8(restored[f])
+    # Frame f's input window, as the validation pads the clip: its middle frame restores frame f.
+    window = clip.lq[window_table(len(clip.lq), n, restorer.padding)[f]]
+    ours = to_uint8(dict(restorer.frames(window))[n // 2])
     bicubic = baseline(clip.lq[f], restorer.scale)
     gt = clip.gt[f]
     size = crop[2] if crop else 128
     top, left = crop[:2] if crop else detailed_window(gt, size)
-    window = (slice(top, top + size), slice(left, left + size))
+    crop_rows = (slice(top, top + size), slice(left, left + size))
     p_bic, p_ours = psnr(bicubic, gt), psnr(ours, gt)
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.3), dpi=100)
     for ax, img, title in zip(axes, (bicubic, ours, gt), (f"bicubic x4: {p_bic:.2f} dB",
                                                           f"EDVR demo ({n} frames): {p_ours:.2f} dB",
                                                           "ground truth")):
-        ax.imshow(img[window], interpolation="nearest")
+        ax.imshow(img[crop_rows], interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.suptitle(f"held-out {clip.name}, frame {f}, GT crop {size}x{size} at ({top}, {left}); PSNR of the whole "

@@ -62,8 +62,11 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
                 raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
                                    f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
             config = make_config(cls, config, Path(manual_dir), footage)
-    with _quiet_custom_config():
-        builder = tfds.builder(tfds_name, config=config, data_dir=data_dir)
+    def make_builder():
+        with _quiet_custom_config():
+            return tfds.builder(tfds_name, config=config, data_dir=data_dir)
+
+    builder = make_builder()
     if builder.is_prepared():
         return builder
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
@@ -71,14 +74,21 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
                            f"{builder.data_dir}; pass its folder as manual_dir (see "
                            f"{type(builder).__name__}'s docstring for the layout)")
     with _build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
-        with _quiet_custom_config():
-            builder = tfds.builder(tfds_name, config=config, data_dir=data_dir)
+        builder = make_builder()
         if not builder.is_prepared():
             log.info("building dataset %s/%s into %s (once; set TFDS_DATA_DIR or data_dir to move it)", tfds_name,
                      builder.builder_config.name, builder.data_dir)
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     return builder
+
+
+def load_config_builder(dc, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """``load_builder`` for a training config's ``data`` section (``cfg.data``, or the dict a
+    run's header holds); ``data_dir`` overrides its own."""
+    footage = dc.get("footage")
+    return load_builder(dc["name"], config=dc["config"] or None, data_dir=data_dir or dc["data_dir"] or None,
+                        manual_dir=dc["manual_dir"] or None, footage=dict(footage) if footage else None)
 
 
 @contextlib.contextmanager
