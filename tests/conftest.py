@@ -52,6 +52,12 @@ def tiny_config(data_dir, **overrides):
     return load_config(TINY_ARG, **{**TINY, "data.data_dir": data_dir, **overrides})
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked ``heavy`` first: xdist hands out its groups (largest first), then single tests
+    in collection order, so the long ones start early and the two workers end together."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(scope="session")
 def goldens():
     """Outputs of BasicSR 1.4.2 / torchvision (tools/make_basicsr_goldens.py)."""

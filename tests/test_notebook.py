@@ -5,11 +5,13 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.heavy
 def test_quickstart_notebook_runs_on_a_train_run(reference_run, tmp_path):
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

