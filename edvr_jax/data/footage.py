@@ -363,11 +363,10 @@ def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, de
 
 def check_noise(clips: Sequence[FootageClip], noise: float) -> None:
     """``noise`` is added to LQ made here, never to given LQ: refuse it for a folder with LQ."""
-    given = [c.name for c in clips if c.lq is not None]
+    given = [c for c in clips if c.lq is not None]
     if noise and given:
-        raise DatasetError(f"noise={noise:g} applies to LQ made from GT, but clips {given} have their own LQ "
-                           f"({given[0]}: {clips[[c.name for c in clips].index(given[0])].lq.path}); "
-                           f"set noise=0 or remove their LQ")
+        raise DatasetError(f"noise={noise:g} applies to LQ made from GT, but clips {[c.name for c in given]} have "
+                           f"their own LQ ({given[0].name}: {given[0].lq.path}); set noise=0 or remove their LQ")
 
 
 # --- splits ---------------------------------------------------------------------------------------
