@@ -132,9 +132,7 @@ def evaluate() -> None:
         degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
         if degradation not in data.DEGRADATIONS:
             raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
-        noise = _NOISE.value if _NOISE.value is not None else float((footage or {}).get("noise", 0.0))
-        if not 0 <= noise < 255:
-            raise UserError(f"--noise {noise:g}: expected a standard deviation in [0, 255) (0-255 pixel scale)")
+        noise = _NOISE.value if _NOISE.value is not None else (footage or {}).get("noise", 0.0)
         clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale, noise=noise))
     ckpt = Path(_CHECKPOINT.value)
     out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}")

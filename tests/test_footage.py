@@ -139,6 +139,8 @@ def test_noise_is_added_to_made_lq_the_same_in_the_dataset_and_the_folder_reader
         list(folder_clips(footage, noise=8))
     with pytest.raises(DatasetError, match=r"noise -1 must be a standard deviation in \[0, 255\)"):
         load_builder("footage", data_dir=str(tmp_path), manual_dir=str(footage), footage={"noise": -1})
+    with pytest.raises(DatasetError, match=r"noise -1 must be a standard deviation in \[0, 255\)"):
+        list(folder_clips(footage, clips=["a"], noise=-1))  # eval.py --noise: the same check
 
 
 def test_held_out_part_in_the_middle_and_named_clips(footage):

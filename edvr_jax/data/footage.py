@@ -350,6 +350,7 @@ def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, de
     """Whole clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``): the
     given LQ, or LQ made from GT by ``degradation`` (and ``noise``), exactly as the ``footage``
     dataset stores them. Every clip is checked before the first is read."""
+    noise = noise_std(noise)
     found = find_clips(root, degradation, scale, gt_resize, clips, gt_crop)
     check_noise(found, noise)
     for clip in found:
@@ -359,6 +360,14 @@ def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, de
         else:
             lq = np.stack([clip.made_lq_frame(i, degradation, noise) for i in range(clip.count)])
         yield EvalClip(clip.name, lq, gt)
+
+
+def noise_std(value) -> float:
+    """The ``noise`` option as a float, or a ``DatasetError`` unless it is in [0, 255)."""
+    value = float(value)
+    if not 0 <= value < 255:
+        raise DatasetError(f"noise {value:g} must be a standard deviation in [0, 255) (0-255 pixel scale)")
+    return value
 
 
 def check_noise(clips: Sequence[FootageClip], noise: float) -> None:
@@ -489,9 +498,7 @@ def _normalized(options: dict) -> dict:
         elif key == "min_frames":
             value = int(value)
         elif key == "noise":
-            value = float(value)
-            if not 0 <= value < 255:
-                raise DatasetError(f"noise {value:g} must be a standard deviation in [0, 255) (0-255 pixel scale)")
+            value = noise_std(value)
         out[key] = value
     return out
 
