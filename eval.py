@@ -111,9 +111,7 @@ def evaluate() -> None:
         data_config = data_config or dc.config
         data_dir, manual_dir = data_dir or dc.data_dir or None, manual_dir or dc.manual_dir or None
         footage = dc.get("footage")
-        footage = footage.to_dict() if hasattr(footage, "to_dict") else footage
-        if dc.name == "demo_video":  # its options are the builder's own, not the config's data.footage
-            footage = dict(data.footage.DEMO_VIDEO)
+        footage = data.footage_options(dc.name, footage.to_dict() if hasattr(footage, "to_dict") else footage)
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
     restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,

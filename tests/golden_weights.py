@@ -49,6 +49,14 @@ def synthetic_state_dict(shapes: Mapping[str, Sequence[int]], seed: int = 0) -> 
     return out
 
 
+def synthetic_variables(model, seed: int = 0) -> dict:
+    """``model``'s Flax variables from ``synthetic_state_dict`` through the BasicSR converter: random
+    weights with offsets of several pixels, as a converted checkpoint has, and no init to compile."""
+    from edvr_jax.convert import basicsr_shapes, from_basicsr
+
+    return from_basicsr(synthetic_state_dict(basicsr_shapes(model), seed=seed), model)
+
+
 def synthetic_input(name: str, seed: int = 1) -> np.ndarray:
     """``[1, T, 3, H, W]`` float32 in [0, 1] (torch layout), smooth enough to be image-like."""
     cfg = VARIANTS[name]["config"]

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from golden_weights import VARIANTS, synthetic_state_dict
+from golden_weights import VARIANTS, synthetic_variables
 
 from edvr_jax import EDVR, PRESETS, Restorer, edvr_from_preset
-from edvr_jax.convert import basicsr_shapes, from_basicsr
+from edvr_jax.convert import basicsr_shapes
 from edvr_jax.optim import charbonnier
 from edvr_jax.models import (DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, offset_absmeans,
                               warn_offsets)
@@ -42,7 +42,7 @@ def shapes_of(model, *args):
 def test_matches_basicsr(goldens, name):
     """Outputs of BasicSR 1.4.2's EDVR (torchvision deform_conv2d) with the same synthetic weights."""
     model = EDVR(**VARIANTS[name]["config"])
-    variables = from_basicsr(synthetic_state_dict(basicsr_shapes(model)), model)
+    variables = synthetic_variables(model)
     x = np.transpose(goldens[f"{name}/x"], (0, 1, 3, 4, 2))
     ref = np.transpose(goldens[f"{name}/y"], (0, 2, 3, 1))
     out, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, x)

