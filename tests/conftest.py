@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,9 +13,12 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# Programs compiled once in this session (by this process or the train.py processes the tests
-# start) are reused from JAX's persistent compilation cache instead of compiled again.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="edvr_jax_tests_jit_cache_"))
+# Programs compiled once in this session (by this process, the xdist workers, which inherit the
+# variable, or the train.py processes the tests start) are reused from JAX's persistent
+# compilation cache instead of compiled again. The process that made the folder removes it.
+_OWN_JIT_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_JIT_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="edvr_jax_tests_jit_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,6 +54,11 @@ TINY_ARG = "demo,data=demo"  # on the demo photo set that the data_dir fixture b
 
 def tiny_config(data_dir, **overrides):
     return load_config(TINY_ARG, **{**TINY, "data.data_dir": data_dir, **overrides})
+
+
+def pytest_unconfigure(config):
+    if _OWN_JIT_CACHE is not None:
+        shutil.rmtree(_OWN_JIT_CACHE, ignore_errors=True)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist's own, which tags grouped tests' ids with @group
