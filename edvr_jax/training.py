@@ -387,14 +387,10 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     except Exception as e:
         if not _is_disk_full(e):
             raise
+        _finish_saves(mngr)  # an earlier step's save may still be committing: the message names it
         raise _disk_full_error(mngr, workdir, step) from None
     finally:
-        try:
-            mngr.wait_until_finished()
-            mngr.close()
-        except Exception as e:  # noqa: BLE001  already reported above, or reported now without a second traceback
-            if not _is_disk_full(e):
-                raise
+        _finish_saves(mngr, close=True)
         bar.close()
         metrics_log.writer.close()
         del batches
@@ -433,6 +429,18 @@ class _MetricsLog:
                  summary["psnr"], summary["base_psnr"], summary["ssim"], summary["base_ssim"])
         self._since = (time.perf_counter(), self._since[1])  # the rate is of training steps only
         return summary
+
+
+def _finish_saves(mngr, close: bool = False) -> None:
+    """Waits for the saves in flight (and closes the manager); a full disk is reported by the
+    caller, without a second traceback."""
+    try:
+        mngr.wait_until_finished()
+        if close:
+            mngr.close()
+    except Exception as e:  # noqa: BLE001
+        if not _is_disk_full(e):
+            raise
 
 
 def _disk_full_error(mngr, workdir: Path, step: int) -> TrainingError:

@@ -1,3 +1,5 @@
+import contextlib
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -83,11 +85,33 @@ def goldens():
 
 
 @pytest.fixture(scope="session")
-def demo_builder(tmp_path_factory):
-    """The demo dataset (sr_x4), built once per test session (~15 s)."""
+def shared_tmp(tmp_path_factory, worker_id):
+    """A folder of this test session shared by its xdist workers (the parent of their own temp
+    folders), for what is made once and only read: the demo set, the reference run."""
+    return tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+
+
+@contextlib.contextmanager
+def _made_once(path: Path):
+    """Yields True to the first worker to get here (it makes ``path``), False to the others, which
+    wait for it; an exclusive ``flock`` beside ``path``."""
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            done = path.with_name(path.name + ".done")
+            yield not done.exists()
+            done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def demo_builder(shared_tmp):
+    """The demo dataset (sr_x4), built once per test session (~15 s; load_builder itself makes
+    concurrent builds of one dataset wait for each other)."""
     from edvr_jax.data import load_builder
 
-    return load_builder("demo", data_dir=str(tmp_path_factory.mktemp("tfds")))
+    return load_builder("demo", data_dir=str(shared_tmp / "tfds"))
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +121,15 @@ def data_dir(demo_builder):
 
 
 @pytest.fixture(scope="session")
-def reference_run(data_dir, tmp_path_factory):
-    """12 uninterrupted steps of the tiny run on one device, checkpoint every 4, in this process."""
-    import jax
-
+def reference_run(data_dir, shared_tmp):
+    """12 uninterrupted steps of the tiny run, checkpoint every 4, made once per test session (by
+    the first xdist worker to ask; the others wait and share it, only reading it), on the 8 host
+    devices (data parallel): the layout of the train.py processes of test_train_process, which
+    inherit XLA_FLAGS, so that they reuse its compiled programs and must match it bit for bit."""
     from edvr_jax import training
 
-    workdir = tmp_path_factory.mktemp("ref")
-    training.train(tiny_config(data_dir), workdir, devices=jax.devices()[:1])
+    workdir = shared_tmp / "reference_run"
+    with _made_once(workdir) as first:
+        if first:
+            training.train(tiny_config(data_dir), workdir)
     return workdir

@@ -38,7 +38,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(data_dir, t
     with checkpointing.workdir_lock(workdir):
         with pytest.raises(checkpointing.WorkdirLockedError,
                            match=rf"in use by another training process \(host {socket.gethostname()}, pid {os.getpid()}"):
-            training.train(tiny_config(data_dir), workdir, devices=jax.devices()[:1])
+            training.train(tiny_config(data_dir), workdir)
     with checkpointing.workdir_lock(workdir):  # released when its holder let go
         pass
 
@@ -77,7 +77,7 @@ def test_a_damaged_newest_checkpoint_is_named_and_training_falls_back(reference_
     # the uninterrupted one did.
     cfg = tiny_config(data_dir, total_steps=13)
     with caplog.at_level(logging.WARNING, logger="edvr_jax"):
-        training.train(cfg, workdir, devices=jax.devices()[:1])
+        training.train(cfg, workdir)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "checkpoint step 12" in text and "resumed from step 8" in text
     assert weights.run_steps(workdir)[-1] == 13
@@ -99,7 +99,7 @@ def test_disk_full_during_a_save_is_one_clear_error_and_keeps_the_last_step(data
     with pytest.raises(training.TrainingError, match=r"no space left on the device of .*checkpoints while writing a "
                                                       r"checkpoint \(noticed at step 8\); the newest complete checkpoint "
                                                       r"is step 4"):
-        training.train(tiny_config(data_dir), workdir, devices=jax.devices()[:1])
+        training.train(tiny_config(data_dir), workdir)
     assert weights.run_steps(workdir) == [4]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(weights.read_params(workdir)))
 

@@ -12,7 +12,7 @@ import pytest
 from golden_weights import synthetic_state_dict, synthetic_variables
 from PIL import Image
 
-from edvr_jax import EDVR, Restorer, init_variables, load
+from edvr_jax import EDVR, Restorer, load
 from edvr_jax.evaluation import baseline
 from edvr_jax.export import export_params, export_safetensors
 from edvr_jax.io import InputError, Writer, read_clip, to_uint8
@@ -25,10 +25,12 @@ SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstru
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A small EDVR with non-zero offset convs (so the deformable path deforms) and its params."""
-    model = EDVR(**SMALL, offset_warning=False)
-    params = init_variables(model, jax.random.key(0), 16, 16)["params"]
+def tiny(reference_run):
+    """A small EDVR and its params: the tiny reference run's (12 steps from init, without TSA; no
+    init to compile), with noise on the offset convs so that the deformable path deforms."""
+    from edvr_jax.weights import load_model
+
+    model, params = load_model(reference_run)
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: np.asarray(x) + (0.05 * rng.standard_normal(x.shape)).astype(np.float32)

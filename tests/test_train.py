@@ -183,7 +183,7 @@ def test_a_non_finite_step_is_not_applied(data_dir):
     model = EDVR(**cfg.model, offset_warning=False)
     schedule = training.make_schedule(cfg.optim)
     tx = training.make_tx(cfg.optim, schedule)
-    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)  # all 8 host devices, as the reference run
     state, shardings = training.init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, 8, 8))
     before = jax.device_get(state)
     batch = {"lq": np.full((8, 5, 8, 8, 3), np.nan, np.float32), "gt": np.zeros((8, 32, 32, 3), np.float32)}
@@ -219,10 +219,10 @@ def test_a_train_workdir_loads_for_inference(reference_run):
 
 def test_a_finished_run_resumes_to_nothing_and_another_config_is_refused(reference_run, data_dir):
     before = (reference_run / "metrics.jsonl").read_text()
-    assert training.train(tiny_config(data_dir), reference_run, devices=jax.devices()[:1]) == {}
+    assert training.train(tiny_config(data_dir), reference_run) == {}
     assert (reference_run / "metrics.jsonl").read_text() == before
     with pytest.raises(checkpointing.ConfigMismatchError, match=r"model.num_feat: 8 \(run\) vs 16 \(now\)"):
-        training.train(tiny_config(data_dir, **{"model.num_feat": 16}), reference_run, devices=jax.devices()[:1])
+        training.train(tiny_config(data_dir, **{"model.num_feat": 16}), reference_run)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -239,7 +239,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(sharding, "global_batch", nan_second_batch)
     cfg = tiny_config(data_dir, **{"checkpoint.every": 1})
     with pytest.raises(training.TrainingError, match="non-finite loss or gradient at step 2"):
-        training.train(cfg, tmp_path / "nan", devices=jax.devices()[:1])
+        training.train(cfg, tmp_path / "nan")
     assert weights.run_steps(tmp_path / "nan") == [1]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(weights.read_params(tmp_path / "nan")))
 

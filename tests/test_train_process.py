@@ -1,7 +1,8 @@
 """train.py as a process: exact resume after SIGKILL, SIGTERM saving the current step, two
-processes matching one. The uninterrupted reference is a train.py process too (a run in the test
-process, which has 8 host devices, differs in the last bits); the processes share compiled
-programs through JAX's persistent compilation cache."""
+processes matching one. The processes inherit the test session's XLA_FLAGS (8 host devices), so
+a train.py process is the in-process reference run's layout (conftest ``reference_run``): it
+reuses that run's compiled programs from JAX's persistent compilation cache and its
+uninterrupted result is the reference, bit for bit."""
 
 import os
 import signal
@@ -13,19 +14,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 from conftest import TINY, TINY_ARG
 
 from edvr_jax import metric_log, weights
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.xdist_group("train_process")  # one worker: they share the process reference run
 
 
-@pytest.fixture(scope="module")
-def env():
-    """One device per process; the compilation cache of the test session (conftest) is shared."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+def _env(**overrides):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", **overrides}
 
 
 def _cmd(workdir, data_dir, *extra):
@@ -34,17 +31,10 @@ def _cmd(workdir, data_dir, *extra):
             *(f"--config.{k}={v}" for k, v in TINY.items()), "--noprogress", *extra]
 
 
-def _run(workdir, data_dir, env, *extra):
-    proc = subprocess.run(_cmd(workdir, data_dir, *extra), env=env, capture_output=True, text=True, timeout=600)
+def _run(workdir, data_dir, *extra):
+    proc = subprocess.run(_cmd(workdir, data_dir, *extra), env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
-
-
-@pytest.fixture(scope="module")
-def process_reference(data_dir, env, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("process_ref")
-    _run(workdir, data_dir, env)
-    return workdir
 
 
 def _losses(workdir):
@@ -60,26 +50,27 @@ def _wait_for(predicate, proc, what, timeout=300):
         time.sleep(0.02)
 
 
-def test_sigkill_then_resume_is_bitwise_equal(process_reference, data_dir, env, tmp_path):
+def test_sigkill_then_resume_is_bitwise_equal(reference_run, data_dir, tmp_path):
+    assert len(jax.devices()) == 8  # the train.py processes see the same 8 host devices
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(workdir, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(workdir, data_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     _wait_for(lambda: any(s >= 4 for s in weights.run_steps(workdir)), proc, "checkpoint 4")
     proc.kill()
     proc.wait()
     steps = weights.run_steps(workdir)
     assert steps and steps[-1] < 12, steps
-    _run(workdir, data_dir, env)  # the same command again
-    a, b = weights.read_params(process_reference), weights.read_params(workdir)
+    _run(workdir, data_dir)  # the same command again
+    a, b = weights.read_params(reference_run), weights.read_params(workdir)
     assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
     # metrics.jsonl: each step once, as in the uninterrupted run
     assert [r["step"] for r in metric_log.read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 13))
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, env, tmp_path):
+def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "term"
     proc = subprocess.Popen(_cmd(workdir, data_dir, "--config.total_steps=100000", "--config.checkpoint.every=1000"),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (workdir / "metrics.jsonl").is_file() and len(_losses(workdir)) >= 3, proc, "3 steps")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -94,8 +85,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(process_reference, data_dir, env, tmp_path):
-    port = _free_port()
+def test_two_processes_match_one(reference_run, data_dir, tmp_path):
+    """Two hosts of four devices each (one global mesh of 8) against the one-host run of 8."""
+    port, env = _free_port(), _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
     procs = [subprocess.Popen(_cmd(tmp_path / "mp", data_dir, "--num_processes=2", f"--process_id={i}",
                                    f"--coordinator=localhost:{port}"),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -103,5 +95,6 @@ def test_two_processes_match_one(process_reference, data_dir, env, tmp_path):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    ref, got = _losses(process_reference), _losses(tmp_path / "mp")
+    assert "mesh {'data': 8, 'fsdp': 1}" in outs[0][1]
+    ref, got = _losses(reference_run), _losses(tmp_path / "mp")
     np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
