@@ -5,6 +5,7 @@ reuses that run's compiled programs from JAX's persistent compilation cache and 
 uninterrupted result is the reference, bit for bit."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -87,7 +88,9 @@ def _free_port() -> int:
 
 def test_two_processes_match_one(reference_run, data_dir, tmp_path):
     """Two hosts of four devices each (one global mesh of 8) against the one-host run of 8."""
-    port, env = _free_port(), _env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "--xla_force_host_platform_device_count=4",
+                   os.environ["XLA_FLAGS"])
+    port, env = _free_port(), _env(XLA_FLAGS=flags)
     procs = [subprocess.Popen(_cmd(tmp_path / "mp", data_dir, "--num_processes=2", f"--process_id={i}",
                                    f"--coordinator=localhost:{port}"),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
