@@ -526,11 +526,11 @@ def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: 
         gt = [LazyFrame(partial(clip.gt_frame, i), clip.gt.describe(i)) for i in range(lo, hi)]
         if clip.lq is not None:
             lq = [LazyFrame(partial(clip.lq_frame, i), clip.lq.describe(i)) for i in range(lo, hi)]
-        elif noise:
+        elif noise:  # keyed by source clip and frame, as folder_clips makes it (decodes GT once more)
             lq = [LazyFrame(partial(clip.made_lq_frame, i, degradation, noise),
                             f"{degradation} of {clip.gt.describe(i)} + noise {noise:g}") for i in range(lo, hi)]
         else:
-            lq = [None] * (hi - lo)
+            lq = [None] * (hi - lo)  # the builder degrades the GT it has just decoded
         out.append(Clip(name, lq, gt))
     return out
 
