@@ -130,7 +130,8 @@ def with_impl(impl: str):
 
 
 def count_flops(fn, *args) -> float:
-    """Multiply-add FLOPs (x2) of the convolutions and matmuls in ``fn``'s jaxpr (cond: the larger branch).
+    """Multiply-add FLOPs (x2) of the convolutions and matmuls in ``fn``'s jaxpr (cond: the larger
+    branch; scan: its body times its length).
 
     Pallas kernels count 0, so trace with the gather DCN (whose matmul is counted); the
     bilinear sampling itself is not counted. ``Lowered.cost_analysis`` is not used: on GPU
@@ -141,13 +142,11 @@ def count_flops(fn, *args) -> float:
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
             if name == "conv_general_dilated":
-                lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
-                out = eqn.outvars[0].aval
+                rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
                 dn = eqn.params["dimension_numbers"]
                 k_spatial = np.prod([rhs.shape[i] for i in dn.rhs_spec[2:]])
                 in_ch = rhs.shape[dn.rhs_spec[1]]
                 total += 2.0 * np.prod(out.shape) * k_spatial * in_ch
-                del lhs
             elif name == "dot_general":
                 (lc, _), (lb, _) = eqn.params["dimension_numbers"]
                 a = eqn.invars[0].aval
@@ -155,6 +154,8 @@ def count_flops(fn, *args) -> float:
                 total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contract
             elif name == "cond":
                 total += max(walk(b.jaxpr) for b in eqn.params["branches"])
+            elif name == "scan":  # the CPU's row-chunked DCN: the body runs `length` times
+                total += eqn.params["length"] * walk(eqn.params["jaxpr"].jaxpr)
             else:
                 for p in eqn.params.values():
                     for sub in (p if isinstance(p, (tuple, list)) else (p,)):
