@@ -110,8 +110,7 @@ def evaluate() -> None:
                                                      "footage": "footage"}.get(dc.name, dataset)
         data_config = data_config or dc.config
         data_dir, manual_dir = data_dir or dc.data_dir or None, manual_dir or dc.manual_dir or None
-        footage = dc.get("footage")
-        footage = data.footage_options(dc.name, footage.to_dict() if hasattr(footage, "to_dict") else footage)
+        footage = data.footage_options(dc.name, dc.get("footage"))
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
     restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,

@@ -43,14 +43,10 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the
     others; its TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
     """
-    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
     from edvr_jax.data.footage import EdvrFootage, make_config
 
-    tfds_name, default_config = DATASETS.get(name, (name, None))
-    if tfds_name not in {n for n, _ in DATASETS.values()}:  # (tfds.list_builders() would query GCS)
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    tfds_name, default_config, cls = _builder_class(name)
     config = config or default_config
-    cls = tfds.builder_cls(tfds_name)
     if issubclass(cls, EdvrFootage):
         if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options
             if manual_dir:
@@ -83,15 +79,23 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     return builder
 
 
+def _builder_class(name: str) -> tuple[str, str | None, type]:
+    """A dataset's short or TFDS name -> its TFDS name, default config and builder class."""
+    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
+
+    tfds_name, default_config = DATASETS.get(name, (name, None))
+    if tfds_name not in {n for n, _ in DATASETS.values()}:  # (tfds.list_builders() would query GCS)
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    return tfds_name, default_config, tfds.builder_cls(tfds_name)
+
+
 def footage_options(name: str, footage: dict | None) -> dict | None:
     """The footage options (``data.footage``) the dataset ``name`` is made with: the config's
     for ``footage``, its own for ``demo_video``; None for the datasets that take none."""
-    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
     from edvr_jax.data.footage import EdvrFootage
 
-    tfds_name, _ = DATASETS.get(name, (name, None))
-    cls = tfds.builder_cls(tfds_name) if tfds_name in {n for n, _ in DATASETS.values()} else None
-    return cls.options(footage) if cls is not None and issubclass(cls, EdvrFootage) else None
+    cls = _builder_class(name)[2]
+    return cls.options(footage) if issubclass(cls, EdvrFootage) else None
 
 
 def load_config_builder(dc, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
