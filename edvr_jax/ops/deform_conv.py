@@ -330,6 +330,125 @@ _deform_conv_image.defvjp(_deform_conv_image_fwd, _deform_conv_image_bwd)
 
 
 
+# ------------------------------------------------------------------------------------------ gather, accelerators
+
+
+def _window_coords(geo: _Geometry, off: jax.Array, msk: jax.Array):
+    """Every sample's 2x2 window in the zero-padded image and its bilinear terms (whole batch, one chunk).
+
+    ``off``: ``[B, Ho, Wo, G, K, 2]``, ``msk``: ``[B, Ho, Wo, G, K]`` (float32+). Returns ``(corner, ly, lx,
+    inside, mi)``: ``corner [B, Ho, Wo, G, K, 2]`` int32, the (row, column) of the window's top-left pixel in
+    the image padded by one pixel on each side; the others ``[B, Ho, Wo, G, K]`` as in ``_sample_terms``.
+    """
+    h, w = geo.h, geo.w
+    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
+    tap_i, tap_j = np.divmod(np.arange(geo.kh * geo.kw), geo.kw)
+    arange = np.arange if all(isinstance(d, int) for d in (geo.ho, geo.wo)) else jnp.arange
+    base_y = ((arange(geo.ho) * sh - ph)[:, None] + tap_i * dh).astype(np.float32)  # [Ho, K]
+    base_x = ((arange(geo.wo) * sw - pw)[:, None] + tap_j * dw).astype(np.float32)  # [Wo, K]
+    py = base_y[:, None, None, :] + off[..., 0]
+    px = base_x[None, :, None, :] + off[..., 1]
+    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
+    y0f, x0f = jnp.floor(py), jnp.floor(px)
+    # As in _sample_terms: clipping only moves samples that are zeroed anyway.
+    y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32) + 1
+    x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32) + 1
+    return jnp.stack([y0, x0], axis=-1), py - y0f, px - x0f, inside, msk * inside
+
+
+# The padded image as [B, H+2, W+2, G, C/G]; a sample's window is (1, 2, 2, 1, C/G) at (b, y0, x0, g), with
+# the image and the group as batching dimensions shared with the window indices [B, Ho, Wo, G, K, 2].
+_WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
+    offset_dims=(5, 6, 7), collapsed_slice_dims=(), start_index_map=(1, 2),
+    operand_batching_dims=(0, 3), start_indices_batching_dims=(0, 3))
+_WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(5, 6, 7), inserted_window_dims=(), scatter_dims_to_operand_dims=(1, 2),
+    operand_batching_dims=(0, 3), scatter_indices_batching_dims=(0, 3))
+
+
+def _padded_groups(x: jax.Array, groups: int) -> jax.Array:
+    b, h, w, c = x.shape
+    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, h + 2, w + 2, groups, c // groups)
+
+
+def _windows(x: jax.Array, corner: jax.Array, groups: int) -> jax.Array:
+    """``[B, Ho, Wo, G, K, 2, 2, C/G]``: each sample's four corners, one 2x2 window gather."""
+    xg = _padded_groups(x, groups)
+    return jax.lax.gather(xg, corner, _WINDOW_GATHER, slice_sizes=(1, 2, 2, 1, xg.shape[-1]),
+                          mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _window_weights(ly, lx, mi, dtype) -> list[jax.Array]:
+    """The corner weights (mask included) rounded to ``dtype``, in window order (0,0), (0,1), (1,0), (1,1).
+
+    The forward's columns and the backward's input-gradient scatter use the same rounded weights: the
+    gradient of the function computed, and arrays that XLA materialises once for both.
+    """
+    return [wq.astype(dtype) for wq in _corner_weights(ly, lx, mi)]
+
+
+#: Accelerator gather path, for measurement: how the offset and mask gradients are formed. "sums" (default):
+#: the four corner sums ``S_q = <g_cols, v_q>`` first, then the bilinear terms per sample; "direct": one fused
+#: channel sum per gradient, as on CPU (one XLA fusion at 110 registers per thread on sm_90).
+OFFSET_GRAD_ENV = "EDVR_JAX_DCN_OFFSET_GRAD"
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _deform_conv_accel(x, off, msk, wmat, geo: _Geometry):
+    """Whole batch, one chunk: ``x [B, H, W, C]``, ``off [B, Ho, Wo, G, K, 2]``, ``msk [B, Ho, Wo, G, K]``
+    (float32+), ``wmat [G * K * C/G, O]`` -> ``[B, Ho, Wo, O]`` accumulated in float32+ (no bias)."""
+    return _deform_conv_accel_fwd(x, off, msk, wmat, geo)[0]
+
+
+def _deform_conv_accel_fwd(x, off, msk, wmat, geo):
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    corner, ly, lx, _, mi = _window_coords(geo, off, msk)
+    win = _windows(x, corner, geo.groups)
+    wts = _window_weights(ly, lx, mi, x.dtype)
+    cols = sum(wq[..., None] * win[..., q // 2, q % 2, :] for q, wq in enumerate(wts))
+    cols = cols.reshape(-1, wmat.shape[0])
+    out = jnp.dot(cols, wmat, preferred_element_type=acc_t)
+    # The columns are kept for the kernel gradient: XLA writes them to memory for the matmul anyway.
+    return out.reshape(*off.shape[:3], wmat.shape[1]), (x, off, msk, wmat, cols)
+
+
+def _deform_conv_accel_bwd(geo, res, g_out):
+    x, off, msk, wmat, cols = res
+    b, h, w, c = x.shape
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    # Matmuls in the compute dtype with float32 accumulation (a bf16 DCN's output gradient is bf16-valued).
+    g = g_out.reshape(-1, g_out.shape[-1]).astype(x.dtype)
+    g_wmat = jax.lax.dot_general(cols, g, (((0,), (0,)), ((), ())), preferred_element_type=acc_t)
+    corner, ly, lx, inside, mi = _window_coords(geo, off, msk)
+    g_cols = jnp.dot(g, wmat.T, preferred_element_type=acc_t).astype(x.dtype)
+    g_cols = g_cols.reshape(corner.shape[:-1] + (c // geo.groups,)).astype(acc_t)
+    win = _windows(x, corner, geo.groups).astype(acc_t)
+    v00, v01, v10, v11 = win[..., 0, 0, :], win[..., 0, 1, :], win[..., 1, 0, :], win[..., 1, 1, :]
+    hy, hx = 1.0 - ly, 1.0 - lx
+    if os.environ.get(OFFSET_GRAD_ENV, "sums") == "direct":
+        hy_, hx_, ly_, lx_ = hy[..., None], hx[..., None], ly[..., None], lx[..., None]
+        g_py = mi * jnp.sum(g_cols * (hx_ * (v10 - v00) + lx_ * (v11 - v01)), axis=-1)
+        g_px = mi * jnp.sum(g_cols * (hy_ * (v01 - v00) + ly_ * (v11 - v10)), axis=-1)
+        g_msk = inside * jnp.sum(g_cols * (hy_ * (hx_ * v00 + lx_ * v01) + ly_ * (hx_ * v10 + lx_ * v11)), axis=-1)
+    else:
+        s00, s01, s10, s11 = (jnp.sum(g_cols * v, axis=-1) for v in (v00, v01, v10, v11))
+        g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
+        g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
+        g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+    # Input: one scatter-add of each sample's 2x2 window of weighted column gradients.
+    w00, w01, w10, w11 = (wq.astype(acc_t) for wq in _window_weights(ly, lx, mi, x.dtype))
+    wts = jnp.stack([jnp.stack([w00, w01], axis=-1), jnp.stack([w10, w11], axis=-1)], axis=-2)
+    updates = wts[..., None] * g_cols[..., None, None, :]
+    g_xg = jax.lax.scatter_add(jnp.zeros((b, h + 2, w + 2, geo.groups, c // geo.groups), acc_t), corner, updates,
+                               _WINDOW_SCATTER, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    g_x = g_xg.reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(x.dtype)
+    g_off = jnp.stack([g_py, g_px], axis=-1).astype(off.dtype)
+    return g_x, g_off, g_msk.astype(msk.dtype), g_wmat.astype(wmat.dtype)
+
+
+_deform_conv_accel.defvjp(_deform_conv_accel_fwd, _deform_conv_accel_bwd)
+
+
 # ------------------------------------------------------------------------------------------ Pallas (GPU)
 
 
@@ -403,7 +522,10 @@ def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
     cg = c // groups
     wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
     wmat = wmat.reshape(groups * k * cg, out_ch)
-    out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
+    if cpu or chunk < ho:
+        out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
+    else:
+        out = _deform_conv_accel(x, off, m, wmat, geo)
     if bias is not None:
         out = out + bias.astype(acc_t)
     return out.astype(x.dtype)
