@@ -115,17 +115,26 @@ def time_torch(fn, sync, min_reps: int = 3, max_reps: int = 20, target_s: float 
 
 
 def with_impl(impl: str):
-    """Context manager: ``modulated_deform_conv(impl="auto")`` resolves to ``impl`` while tracing."""
+    """Context manager: ``modulated_deform_conv(impl="auto")`` resolves to ``impl`` while tracing;
+    ``"gather:direct"`` also sets the accelerator gather's offset-gradient form (``OFFSET_GRAD_ENV``)."""
+    impl, _, offset_grad = impl.partition(":")
+    settings = {deform_conv.IMPL_ENV: impl, deform_conv.OFFSET_GRAD_ENV: offset_grad or None}
+
     class _Ctx:
         def __enter__(self):
-            self.old = os.environ.get(deform_conv.IMPL_ENV)
-            os.environ[deform_conv.IMPL_ENV] = impl
+            self.old = {k: os.environ.get(k) for k in settings}
+            self._set(settings)
 
         def __exit__(self, *exc):
-            if self.old is None:
-                os.environ.pop(deform_conv.IMPL_ENV, None)
-            else:
-                os.environ[deform_conv.IMPL_ENV] = self.old
+            self._set(self.old)
+
+        @staticmethod
+        def _set(values):
+            for k, v in values.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     return _Ctx()
 
 
@@ -437,7 +446,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
     if study:  # the whole model's step and call with each DCN implementation (no BasicSR)
         big_b, big_c = batches[1], clips[1]
         plan = [("train", big_b, dt, impl) for dt in (jnp.bfloat16, jnp.float32)
-                for impl in ("pallas-forward", "pallas-backward", "gather", "pallas")]
+                for impl in ("pallas-forward", "pallas-backward", "gather", "gather:direct", "pallas")]
         plan += [("infer", c, dt, impl) for c in (big_c, clips[0]) for dt in (jnp.float32, jnp.bfloat16)
                  for impl in ("gather", "pallas")]
         for kind, size, dt, impl in plan:
@@ -484,6 +493,8 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
     if jimpl == "auto":  # the whole model with the kernels for both passes, and with the gather, for comparison
         plan += [(kind, size, "jax", jnp.bfloat16, need, impl) for impl in ("pallas", "gather")
                  for kind, size, need in (("train", big_b, 60), ("infer", big_c, 40))]
+    # The accelerator gather's offset/mask gradient as one fused expression per gradient (default: corner sums).
+    plan.append(("train", big_b, "jax", jnp.bfloat16, 60, f"{jimpl}:direct"))
     for kind, size, side, dt, need, impl in plan:
         item(kind, size, side, dt, need, impl)
         jax.clear_caches()

@@ -28,11 +28,28 @@ rows in chunks by a ``lax.scan``: on CPU, where memory bandwidth is the limit
 (7 GB/s on the 2-core machine of benchmarks/README.md), a chunk's columns (a few
 MB) stay in cache between the sampling loop and the matmul, and the full
 ``[B, Ho, Wo, G*K*C/G]`` columns (133 MB per image for EDVR's 64 channels at
-180x320) are never materialised. On GPU/TPU the default is one chunk. The
-backward pass is written out (custom VJP, chunked the same way): it recomputes
-each chunk's corners instead of storing the columns, forms the offset and mask
-gradients in closed form, and scatter-adds each corner's weighted column
-gradient into the input's table rows.
+180x320) are never materialised. The backward pass is written out (custom VJP,
+chunked the same way): it recomputes each chunk's corners instead of storing the
+columns, forms the offset and mask gradients in closed form, and scatter-adds
+each corner's weighted column gradient into the input's table rows.
+
+On GPU and TPU (``_deform_conv_accel``, whole batch, no chunks) the same maths is
+arranged for HBM traffic instead of cache: each sample's four corners come from
+one gather of a 2x2 window of ``[B, H+2, W+2, G, C/G]`` (image and group as
+batching dimensions), and the input gradient goes back through one scatter-add
+of the same windows; the forward keeps its columns (XLA writes them to HBM for
+the matmul anyway) for the kernel gradient instead of recomputing them; the
+matmuls run in the compute dtype with float32 accumulation, so a bf16 DCN's
+column gradients are bf16 (half the bytes of the largest array of the
+backward); the offset and mask gradients come from the four corner sums
+``S_q = <g_cols, v_q>`` per sample and tap (four light reductions instead of
+one fused expression per gradient that compiled to 110 registers per thread);
+the input-gradient scatter reuses the forward's (dtype-rounded) corner weights,
+the exact gradient of the columns computed. Deviceless compilation for an H100
+(``tools/gpu_aot.py``, bytes of every kernel's operands and results) puts the
+EDVR-M bf16 training step at batch 32 at 19.8 ms of HBM traffic against 27.3 ms
+for the CPU formulation run as one chunk (the DCN's gathers and scatters 3.6 vs
+10.8 ms); measured time is still to come (benchmarks/README.md).
 
 Two implementations behind ``modulated_deform_conv``, with equal results (tests:
 values and all gradients, f32 and bf16):
@@ -61,7 +78,8 @@ or CPU lowering.) ``impl="pallas"`` runs both passes in the kernels;
 the gather (for measurement).
 
 Why that split on CUDA: EDVR-M, whole model, one process per card, jax 0.11.2,
-medians (``python benchmarks/run.py gpu`` and ``gpu --study``, 2026-11-27;
+medians (``python benchmarks/run.py gpu`` and ``gpu --study``, 2026-11-27, with the
+gather path as the CPU formulation in one chunk, before ``_deform_conv_accel``;
 milliseconds, gather / pallas):
 
 =================================  =============  =============
@@ -502,7 +520,8 @@ def _split_vjp(forward, backward_of, primal=None):
 
 
 def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
-    """The vectorized-gather DCN, tuned for CPU (``cpu=True``: row chunks, halving sums) or not (one chunk)."""
+    """The vectorized-gather DCN: tuned for CPU (``cpu=True``: row chunks, halving sums), or for GPU/TPU (the
+    whole batch at once, ``_deform_conv_accel``; the chunked formulation when ``chunk_rows`` asks for chunks)."""
     b, ho, wo, (h, w, kh, kw, stride, padding, dilation, groups) = *offset.shape[:3], geo_args
     c, out_ch = x.shape[-1], kernel.shape[-1]
     k = kh * kw
@@ -573,8 +592,9 @@ def modulated_deform_conv(
       stride, padding, dilation: as ``torch.nn.Conv2d`` (int or (h, w) pair).
       chunk_rows: gather path only: output rows per step of the sampling loop
         (all ``B`` images at once). None: on CPU, two rows or more, about 2 MiB
-        of columns or more; elsewhere all rows in one step. The result does not
-        depend on it.
+        of columns or more; elsewhere all rows in one step (the accelerator
+        formulation; a smaller ``chunk_rows`` there bounds memory with the
+        CPU's chunked formulation). The result does not depend on it.
       impl: ``"auto"`` (default): when lowered for CUDA, the Pallas forward
         kernel for a bf16/f16 DCN that is not differentiated (where the shapes
         suit it); the vectorized gather for everything else and everywhere else

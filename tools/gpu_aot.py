@@ -1,0 +1,227 @@
+"""Compile EDVR-M (or one DCN) for an H100/H200 on a machine without a GPU and report every kernel XLA launches.
+
+Deviceless ("AOT") compilation: the CUDA PJRT plugin of the same jax version compiles for a target
+description (the GPU's ``GpuTargetConfigProto``, embedded below from XLA's specs) instead of a device. No GPU,
+no driver; no autotuning either, so cuDNN/cuBLAS algorithm choices are the defaults, but the fusion structure,
+which arrays go through HBM, and each XLA kernel's registers (ptxas on the emitted PTX) are XLA's own.
+
+    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
+        flax optax einops safetensors pillow
+    /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
+    /work/cudavenv/bin/python tools/gpu_aot.py train --batch 32 --dtype bfloat16     # train.py's step
+    /work/cudavenv/bin/python tools/gpu_aot.py infer --batch 8                      # clips of 5x180x320
+    /work/cudavenv/bin/python tools/gpu_aot.py dcn --shape 160,64,64,64             # one DCN, forward + backward
+
+Per kernel it prints the bytes of its operands and results and a **bytes-only time estimate** at the card's
+HBM bandwidth (every operand counted once in full: a lower bound for streaming kernels, rough for gathers).
+It is not a measurement. Calibration against the H100 figures of benchmarks/README.md (same code): the
+gather DCN's forward+backward took 2.2-2.4x its bytes estimate at all three benchmark shapes, f32 and bf16;
+the Pallas kernels 11-18x (they are not bandwidth-bound). Use it to compare formulations of memory-bound XLA
+code before spending GPU time, and measure what it suggests with ``benchmarks/run.py gpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no CUDA runtime here; compiling only
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# GpuTargetConfigProto, the fields this jaxlib reads, from XLA's xla/backends/gpu/target_config/specs/*.txtpb.
+_DEVICE = """gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: {bandwidth} l2_cache_size: 52428800 clock_rate_ghz: 1.98 device_memory_size: {memory}
+  shared_memory_per_block_optin: 232448 cuda_compute_capability {{ major: 9 }}
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 10 patch: 0 }}
+device_description_str: "{name}"
+"""
+TARGETS = {
+    "h100": dict(name="NVIDIA H100 80GB HBM3", bandwidth=3352320000000, memory=84942979072),
+    "h200": dict(name="NVIDIA H200 141GB HBM3e", bandwidth=4800000000000, memory=151397597184),
+}
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
+          "s64": 8, "u64": 8}
+
+
+def sharding(target: str) -> jax.sharding.NamedSharding:
+    topo = topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
+                                        target_config=_DEVICE.format(**TARGETS[target]))
+    mesh = jax.sharding.Mesh(topo.devices[:1], ("d",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def compile_for_gpu(fn, args, dump_dir: str, donate=()):
+    """``jax.jit(fn).lower(*args).compile()`` for the target of ``args``' shardings, XLA's dump in ``dump_dir``."""
+    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options={"xla_dump_to": dump_dir})
+
+
+def _nbytes(shape_text: str) -> int:
+    total = 0
+    for dtype, dims in re.findall(r"\b(pred|[subf]\d+|bf16)\[([\d,]*)\]", shape_text):
+        n = 1
+        for d in filter(None, dims.split(",")):
+            n *= int(d)
+        total += n * _BYTES.get(dtype, 4)
+    return total
+
+
+def kernel_registers(dump_dir: str) -> dict[str, tuple[int, int]]:
+    """Kernel name -> (registers per thread, spill-store bytes), from ptxas -v on every dumped PTX file."""
+    import nvidia.cuda_nvcc  # noqa: PLC0415  (nvidia-cuda-nvcc-cu12: ptxas)
+    ptxas = Path(list(nvidia.cuda_nvcc.__path__)[0]) / "bin" / "ptxas"
+    out: dict[str, tuple[int, int]] = {}
+    for ptx in glob.glob(f"{dump_dir}/*.ptx"):
+        log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", ptx, "-o", os.devnull],
+                             capture_output=True, text=True).stderr
+        name, spill = None, 0
+        for line in log.splitlines():
+            if m := re.search(r"Compiling entry function '([^']+)'", line):
+                name = m.group(1)
+            elif m := re.search(r"(\d+) bytes spill stores", line):
+                spill = int(m.group(1))
+            elif (m := re.search(r"Used (\d+) registers", line)) and name:
+                out[name] = (int(m.group(1)), spill)
+    return out
+
+
+def kernels(dump_dir: str) -> list[dict]:
+    """Every kernel-launching instruction of the optimized entry computation, with bytes and category."""
+    hlo = open(glob.glob(f"{dump_dir}/*gpu_after_optimizations.txt")[0]).read()
+    bodies = {m.group(1): m.group(0) for m in re.finditer(r"\n%([\w.\-]+) \(.*?\n}\n", hlo, re.S)}
+    entry = hlo[hlo.index("\nENTRY"):]
+    shapes: dict[str, str] = {}
+    rows = []
+    for line in entry.split("\n")[1:]:
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (.+?) ([a-z][\w-]*)\((.*)", line)
+        if not m:
+            continue
+        name, shape, op, rest = m.groups()
+        shapes[name] = shape
+        if op not in ("fusion", "custom-call", "convolution", "dot", "scatter", "gather", "reduce", "sort", "copy"):
+            continue
+        operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
+        calls = re.search(r"calls=%([\w.\-]+)", rest)
+        body = bodies.get(calls.group(1), "") if calls else ""
+        target = re.search(r'custom_call_target="([^"]+)"', rest)
+        kind = re.search(r"kind=(\w+)", rest)
+        if target and "cudnn" in target.group(1):
+            category = "cuDNN convolution"
+        elif target and "triton" in target.group(1):
+            category = "Pallas (Triton) kernel"
+        elif "gemm" in name or (target and "cublas" in target.group(1)):
+            category = "matmul"
+        elif " gather(" in body or " scatter(" in body:
+            category = "gather/scatter (DCN)"
+        elif " reduce(" in body:
+            category = "reduction"
+        elif " select(" in body:
+            category = "select (LeakyReLU etc.)"
+        else:
+            category = "other elementwise/copy"
+        rows.append(dict(name=name, kind=(target or kind).group(1) if (target or kind) else op, category=category,
+                         out=_nbytes(shape), inp=sum(_nbytes(shapes.get(a, "")) for a in operands),
+                         body=re.sub(r"%[\w.\-]+|\b\w+\.\d+\b", "", re.sub(r", metadata=\{[^}]*\}", "", body))))
+    return rows
+
+
+def report(dump_dir: str, target: str, top: int) -> None:
+    bandwidth = TARGETS[target]["bandwidth"]
+    rows = kernels(dump_dir)
+    regs = kernel_registers(dump_dir)
+    by_body = {}
+    for r in rows:  # XLA emits one kernel for identical fusions: look registers up through the body
+        reg = regs.get(re.sub(r"[.\-]", "_", r["name"]))
+        if reg:
+            by_body[r["body"]] = reg
+    est = lambda r: (r["out"] + r["inp"]) / bandwidth * 1e3  # noqa: E731
+    total = sum(map(est, rows))
+    print(f"{len(rows)} kernel launches; bytes-only estimate {total:.2f} ms at {bandwidth / 1e12:.2f} TB/s "
+          f"({TARGETS[target]['name']})")
+    cats = collections.defaultdict(lambda: [0, 0.0])
+    for r in rows:
+        cats[r["category"]][0] += 1
+        cats[r["category"]][1] += est(r)
+    for cat, (n, t) in sorted(cats.items(), key=lambda kv: -kv[1][1]):
+        print(f"  {cat:26} {n:5} launches  {t:7.2f} ms")
+    print(f"largest {top}:  name, kind, MiB out / in, registers per thread (spill bytes), estimate")
+    for r in sorted(rows, key=est, reverse=True)[:top]:
+        reg = regs.get(re.sub(r"[.\-]", "_", r["name"])) or by_body.get(r["body"])
+        reg_text = f"{reg[0]:4d} ({reg[1]})" if reg else "   -    "
+        print(f"  {r['name'][:44]:44} {r['kind'][:30]:30} {r['out'] / 2**20:8.1f} / {r['inp'] / 2**20:8.1f}"
+              f"  {reg_text}  {est(r):.3f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["train", "infer", "dcn"])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--batch", type=int, help="train: batch (32); infer: clips (8)")
+    parser.add_argument("--shape", default="160,64,64,64", help="dcn: B,H,W,C (8 groups, float32 offsets)")
+    parser.add_argument("--impl", default="auto", help="DCN implementation (EDVR_JAX_DCN_IMPL)")
+    parser.add_argument("--target", choices=sorted(TARGETS), default="h100")
+    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--dump", help="keep XLA's dump (HLO, PTX) here; default: a temporary folder")
+    args = parser.parse_args()
+    if args.impl != "auto":
+        os.environ["EDVR_JAX_DCN_IMPL"] = args.impl
+    from edvr_jax import training
+    from edvr_jax.models import edvr_from_preset
+    from edvr_jax.ops import modulated_deform_conv
+    from edvr_jax.optim import make_optimizer
+
+    rep = sharding(args.target)
+    dtype = jnp.dtype(args.dtype)
+    spec = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)  # noqa: E731
+    on_target = lambda tree: jax.tree.map(lambda a: spec(a.shape, a.dtype), tree)  # noqa: E731
+    donate = ()
+    if args.what == "dcn":
+        b, h, w, c = (int(v) for v in args.shape.split(","))
+
+        def fn(x, offset, mask, kernel, bias, g):
+            y, vjp = jax.vjp(modulated_deform_conv, x, offset, mask, kernel, bias)
+            return y, vjp((y.astype(jnp.float32) * g).astype(y.dtype))  # the gradient depends on the output
+        fargs = (spec((b, h, w, c), dtype), spec((b, h, w, 144)), spec((b, h, w, 72)), spec((3, 3, c, c), dtype),
+                 spec((c,), dtype), spec((b, h, w, c)))
+    else:
+        model = edvr_from_preset("edvr_m", dtype=dtype)
+        if args.what == "train":
+            schedule = lambda n: 4e-4  # noqa: E731
+            tx = make_optimizer(schedule)
+            state = jax.eval_shape(functools.partial(training.create_train_state, model=model, tx=tx,
+                                                     input_shape=(1, 5, 64, 64, 3)), jax.random.key(0))
+            batch = args.batch or 32
+            fn = functools.partial(training.train_step, model=model, tx=tx, schedule=schedule)
+            fargs = (on_target(state), {"lq": spec((batch, 5, 64, 64, 3)), "gt": spec((batch, 256, 256, 3))})
+            donate = (0,)
+        else:
+            params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 5, 64, 64, 3)))["params"],
+                                    jax.random.key(0))
+            fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+            fargs = (on_target(params), spec((args.batch or 8, 5, 180, 320, 3)))
+    dump = args.dump or tempfile.mkdtemp(prefix="gpu_aot_")
+    compile_for_gpu(fn, fargs, dump, donate)
+    report(dump, args.target, args.top)
+    print(f"XLA dump: {dump}")
+
+
+if __name__ == "__main__":
+    main()
