@@ -215,16 +215,18 @@ def test_shape_errors_are_clear():
 
 
 # ------------------------------------------------------------------------------------------ gather on GPU/TPU
-# The accelerator formulation of the gather path (one 2x2 window gather and scatter per sample, columns kept
-# for the kernel gradient, matmuls in the compute dtype) runs here on CPU against the CPU formulation.
+# The accelerator formulations of the gather path run here on CPU against the CPU formulation: "gpu" (one
+# 2x2 window gather and scatter per sample, columns kept for the kernel gradient, matmuls in the compute
+# dtype) and "tpu" (the same maths with the output pixels as the minor axis of every array).
 
 
-def _gather_value_and_grads(cpu, args, stride=1, pad=1, dil=1):
+def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
     from edvr_jax.ops import deform_conv
 
     x, offset, mask, kernel, bias = args
     geo_args = (x.shape[1], x.shape[2], 3, 3, (stride, stride), (pad, pad), (dil, dil), mask.shape[-1] // 9)
-    path = partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, cpu=cpu)
+    path = partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, cpu=form == "cpu",
+                   tpu=form == "tpu")
 
     def loss(*a):
         out = path(*a)
@@ -234,26 +236,27 @@ def _gather_value_and_grads(cpu, args, stride=1, pad=1, dil=1):
     return out, grads
 
 
-@pytest.mark.parametrize("offset_grad", ["sums", "direct"])
+@pytest.mark.parametrize("form,offset_grad", [("gpu", "sums"), ("gpu", "direct"), ("tpu", "sums")])
 @pytest.mark.parametrize("stride,pad,dil,groups", [(1, 1, 1, 4), (2, 0, 2, 2), (1, 2, 1, 1)])
-def test_accelerator_gather_matches_cpu_gather(monkeypatch, offset_grad, stride, pad, dil, groups):
+def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, stride, pad, dil, groups):
     monkeypatch.setenv("EDVR_JAX_DCN_OFFSET_GRAD", offset_grad)
     args = _border_case(20 + stride + pad, b=2, h=7, w=9, c=8, groups=groups, o=6, stride=stride, pad=pad, dil=dil)
-    out, grads = _gather_value_and_grads(False, args, stride, pad, dil)
-    ref, ref_grads = _gather_value_and_grads(True, args, stride, pad, dil)
+    out, grads = _gather_value_and_grads(form, args, stride, pad, dil)
+    ref, ref_grads = _gather_value_and_grads("cpu", args, stride, pad, dil)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
     for name, g, g_ref in zip(("x", "offset", "mask", "kernel", "bias"), grads, ref_grads):
         scale = float(np.abs(np.asarray(g_ref)).max())
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
-def test_accelerator_gather_bfloat16():
+@pytest.mark.parametrize("form", ["gpu", "tpu"])
+def test_accelerator_gather_bfloat16(form):
     """bf16 compute (float32 offsets, as EDVR keeps them): within bf16 rounding of the float32 result; the
     gradients come back in each input's dtype."""
     x, offset, mask, kernel, bias = _border_case(24, b=1, h=6, w=8, c=16, groups=8, o=16)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
-    out, grads = _gather_value_and_grads(False, (bf(x), offset, bf(mask), bf(kernel), bf(bias)))
-    ref, ref_grads = _gather_value_and_grads(True, (x, offset, mask, kernel, bias))
+    out, grads = _gather_value_and_grads(form, (bf(x), offset, bf(mask), bf(kernel), bf(bias)))
+    ref, ref_grads = _gather_value_and_grads("cpu", (x, offset, mask, kernel, bias))
     assert out.dtype == jnp.bfloat16 and [g.dtype for g in grads] == [jnp.bfloat16, jnp.float32] + [jnp.bfloat16] * 3
     for name, a, b in zip(("out", "x", "offset", "mask", "kernel", "bias"), (out, *grads), (ref, *ref_grads)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)

@@ -46,7 +46,7 @@ backward); the offset and mask gradients come from the four corner sums
 one fused expression per gradient that compiled to 110 registers per thread);
 the input-gradient scatter reuses the forward's (dtype-rounded) corner weights,
 the exact gradient of the columns computed. Deviceless compilation for an H100
-(``tools/gpu_aot.py``, bytes of every kernel's operands and results) puts the
+(``tools/accel_aot.py``, bytes of every kernel's operands and results) puts the
 EDVR-M bf16 training step at batch 32 at 19.8 ms of HBM traffic against 27.3 ms
 for the CPU formulation run as one chunk (the DCN's gathers and scatters 3.6 vs
 10.8 ms); measured time is still to come (benchmarks/README.md).
@@ -106,8 +106,17 @@ Why gather on TPU: a Pallas TPU (Mosaic) kernel would need per-row dynamic
 gathers from VMEM (the four corners of each sample come from data-dependent
 rows), which Mosaic supports only in restricted forms, or one DMA per 8-channel
 row (16-32 bytes, far below DMA efficiency); XLA's TPU gather is the better
-starting point, and no TPU was available to measure either. The gather path
-with the accelerator settings lowers for TPU (tested by export from CPU).
+starting point, and no TPU was available to measure either. On TPU the gather
+path has its own layout (``_deform_conv_tpu``): TPU stores every array in
+tiles of its two minor dimensions, (8, 128) elements, and the GPU/CPU
+formulations' arrays end in (taps, channels of a group) = (9, 8) or (2, 8):
+padded 14-64x. Compiled for a v5e (16 GB HBM) without a TPU
+(``tools/accel_aot.py``), EDVR-M with the CPU formulation in one chunk needed
+15.25 GB of temporaries for a training step at 4 clips per chip (8 clips:
+37.7 GB, out of memory) and 44 GB for inference of one 180x320 clip in
+float32. ``_deform_conv_tpu`` ends every large array in the output pixels:
+training 3.98 GB at 4 clips, 5.94 GB at 8; inference 4.42 GB (one clip, f32).
+Its TPU speed is unmeasured.
 
 Why the kernels exist (from the H200 profile in ``shared/reference/gpu-h200.md``,
 before they were written): the gather
@@ -467,6 +476,92 @@ def _deform_conv_accel_bwd(geo, res, g_out):
 _deform_conv_accel.defvjp(_deform_conv_accel_fwd, _deform_conv_accel_bwd)
 
 
+# ------------------------------------------------------------------------------------------ gather, TPU
+# TPU tiles the two minor dimensions of every array in HBM by (8, 128) (bf16: (16, 128)). The GPU
+# formulation's arrays end in (K=9, C/G=8) or (2, C/G): padded 14-64x, the EDVR-M training step at 4 clips
+# per chip needed 24.6 GB on a 16 GB v5e (deviceless compile; benchmarks/README.md). Here every array ends
+# in the output pixels (Ho*Wo, lane-dense): the image is a table [B, G, C/G, (H+2)(W+2)], each corner a
+# gather of single elements along its last axis, the columns [B, G, K, C/G, Ho*Wo].
+
+
+def _tpu_table(x: jax.Array, groups: int) -> jax.Array:
+    b, h, w, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, (h + 2) * (w + 2), groups, c // groups)
+    return jnp.transpose(xp, (0, 2, 3, 1))
+
+
+_TPU_GATHER = jax.lax.GatherDimensionNumbers(
+    offset_dims=(3,), collapsed_slice_dims=(3,), start_index_map=(3,),
+    operand_batching_dims=(0, 1), start_indices_batching_dims=(0, 1))
+_TPU_SCATTER = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(3,), inserted_window_dims=(3,), scatter_dims_to_operand_dims=(3,),
+    operand_batching_dims=(0, 1), scatter_indices_batching_dims=(0, 1))
+
+
+def _tpu_terms(geo: _Geometry, off, msk):
+    """``off [B, Ho, Wo, G, K, 2]``, ``msk [B, Ho, Wo, G, K]`` -> ``(top_left, ly, lx, inside, mi)``, each
+    ``[B, G, K, Ho*Wo]``; ``top_left`` indexes the last axis of ``_tpu_table``."""
+    corner, ly, lx, inside, mi = _window_coords(geo, off, msk)
+    top_left = corner[..., 0] * (geo.w + 2) + corner[..., 1]
+    b, g, k = off.shape[0], geo.groups, geo.kh * geo.kw
+    pixels_last = lambda a: jnp.transpose(a.reshape(b, -1, g, k), (0, 2, 3, 1))  # noqa: E731
+    return tuple(map(pixels_last, (top_left, ly, lx, inside, mi)))
+
+
+def _tpu_corners(table, top_left, w):
+    """The four corners of every sample, each ``[B, G, K, C/G, Ho*Wo]``."""
+    slice_sizes = (1, 1, table.shape[2], 1)
+    return [jax.lax.gather(table, (top_left + s)[..., None], _TPU_GATHER, slice_sizes,
+                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS) for s in (0, 1, w + 2, w + 3)]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _deform_conv_tpu(x, off, msk, wmat, geo: _Geometry):
+    """As ``_deform_conv_accel``, in TPU-dense layouts."""
+    return _deform_conv_tpu_fwd(x, off, msk, wmat, geo)[0]
+
+
+def _deform_conv_tpu_fwd(x, off, msk, wmat, geo):
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    b = x.shape[0]
+    top_left, ly, lx, _, mi = _tpu_terms(geo, off, msk)
+    corners = _tpu_corners(_tpu_table(x, geo.groups), top_left, geo.w)
+    cols = sum(wq.astype(x.dtype)[..., None, :] * v for wq, v in zip(_corner_weights(ly, lx, mi), corners))
+    cols = cols.reshape(b, wmat.shape[0], -1)  # [B, G*K*C/G, Ho*Wo]
+    out = jnp.einsum("bjm,jo->bmo", cols, wmat, preferred_element_type=acc_t)
+    return out.reshape(*off.shape[:3], wmat.shape[1]), (x, off, msk, wmat, cols)
+
+
+def _deform_conv_tpu_bwd(geo, res, g_out):
+    x, off, msk, wmat, cols = res
+    b, h, w, c = x.shape
+    cg = c // geo.groups
+    acc_t = jnp.promote_types(x.dtype, jnp.float32)
+    g = g_out.reshape(b, -1, g_out.shape[-1]).astype(x.dtype)  # [B, Ho*Wo, O]
+    g_wmat = jnp.einsum("bjm,bmo->jo", cols, g, preferred_element_type=acc_t)
+    top_left, ly, lx, inside, mi = _tpu_terms(geo, off, msk)
+    g_cols = jnp.einsum("bmo,jo->bjm", g, wmat, preferred_element_type=acc_t).astype(x.dtype)
+    g_cols = g_cols.reshape(*top_left.shape[:3], cg, -1).astype(acc_t)  # [B, G, K, C/G, Ho*Wo]
+    v00, v01, v10, v11 = (v.astype(acc_t) for v in _tpu_corners(_tpu_table(x, geo.groups), top_left, w))
+    s00, s01, s10, s11 = (jnp.sum(g_cols * v, axis=-2) for v in (v00, v01, v10, v11))
+    hy, hx = 1.0 - ly, 1.0 - lx
+    g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
+    g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
+    g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+    g_table = jnp.zeros((b, geo.groups, cg, (h + 2) * (w + 2)), acc_t)
+    for wq, s in zip(_corner_weights(ly, lx, mi), (0, 1, w + 2, w + 3)):
+        g_table = jax.lax.scatter_add(g_table, (top_left + s)[..., None],
+                                      wq.astype(x.dtype).astype(acc_t)[..., None, :] * g_cols, _TPU_SCATTER,
+                                      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    g_x = jnp.transpose(g_table, (0, 3, 1, 2)).reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(x.dtype)
+    back = lambda a: jnp.transpose(a, (0, 3, 1, 2)).reshape(msk.shape)  # noqa: E731  [B, G, K, M] -> [B, Ho, Wo, G, K]
+    g_off = jnp.stack([back(g_py), back(g_px)], axis=-1).astype(off.dtype)
+    return g_x, g_off, back(g_msk).astype(msk.dtype), g_wmat.astype(wmat.dtype)
+
+
+_deform_conv_tpu.defvjp(_deform_conv_tpu_fwd, _deform_conv_tpu_bwd)
+
+
 # ------------------------------------------------------------------------------------------ Pallas (GPU)
 
 
@@ -519,7 +614,7 @@ def _split_vjp(forward, backward_of, primal=None):
     return dcn
 
 
-def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
+def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu, tpu=False):
     """The vectorized-gather DCN: tuned for CPU (``cpu=True``: row chunks, halving sums), or for GPU/TPU (the
     whole batch at once, ``_deform_conv_accel``; the chunked formulation when ``chunk_rows`` asks for chunks)."""
     b, ho, wo, (h, w, kh, kw, stride, padding, dilation, groups) = *offset.shape[:3], geo_args
@@ -544,7 +639,7 @@ def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu):
     if cpu or chunk < ho:
         out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
     else:
-        out = _deform_conv_accel(x, off, m, wmat, geo)
+        out = (_deform_conv_tpu if tpu else _deform_conv_accel)(x, off, m, wmat, geo)
     if bias is not None:
         out = out + bias.astype(acc_t)
     return out.astype(x.dtype)
@@ -654,7 +749,8 @@ def modulated_deform_conv(
     geo_args = (h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups)
     gather_cpu = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=True)
     gather_accel = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=False)
-    branches = dict(cpu=gather_cpu, default=gather_accel)
+    gather_tpu = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=False, tpu=True)
+    branches = dict(cpu=gather_cpu, tpu=gather_tpu, default=gather_accel)
     if impl != "gather" and deform_conv_pallas.supports(x.shape, x.dtype, out_ch, groups) is None:
         config = pallas_config or deform_conv_pallas.config_for(x.dtype)
 

@@ -1,23 +1,34 @@
-"""Compile EDVR-M (or one DCN) for an H100/H200 on a machine without a GPU and report every kernel XLA launches.
+"""Compile EDVR-M (or one DCN) for a GPU (H100/H200) or a TPU (v4/v5e/v5p) on a machine without either, and report.
 
-Deviceless ("AOT") compilation: the CUDA PJRT plugin of the same jax version compiles for a target
-description (the GPU's ``GpuTargetConfigProto``, embedded below from XLA's specs) instead of a device. No GPU,
-no driver; no autotuning either, so cuDNN/cuBLAS algorithm choices are the defaults, but the fusion structure,
-which arrays go through HBM, and each XLA kernel's registers (ptxas on the emitted PTX) are XLA's own.
+Deviceless ("AOT") compilation: the accelerator's compiler of the same jax version compiles for a target
+description instead of a device. No accelerator, no driver, no autotuning (cuDNN/cuBLAS algorithms are the
+defaults), but the fusion structure, which arrays go through HBM, their physical layouts (TPU tiles) and the
+memory the program needs are the compiler's own.
 
-    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
+GPU (the CUDA plugin compiles for a ``GpuTargetConfigProto``, embedded below from XLA's specs)::
+
+    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \
         flax optax einops safetensors pillow
     /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
-    /work/cudavenv/bin/python tools/gpu_aot.py train --batch 32 --dtype bfloat16     # train.py's step
-    /work/cudavenv/bin/python tools/gpu_aot.py infer --batch 8                      # clips of 5x180x320
-    /work/cudavenv/bin/python tools/gpu_aot.py dcn --shape 160,64,64,64             # one DCN, forward + backward
+    /work/cudavenv/bin/python tools/accel_aot.py train --batch 32 --dtype bfloat16     # train.py's step
+    /work/cudavenv/bin/python tools/accel_aot.py infer --batch 8                      # clips of 5x180x320
+    /work/cudavenv/bin/python tools/accel_aot.py dcn --shape 160,64,64,64             # one DCN, forward + backward
 
-Per kernel it prints the bytes of its operands and results and a **bytes-only time estimate** at the card's
-HBM bandwidth (every operand counted once in full: a lower bound for streaming kernels, rough for gathers).
-It is not a measurement. Calibration against the H100 figures of benchmarks/README.md (same code): the
-gather DCN's forward+backward took 2.2-2.4x its bytes estimate at all three benchmark shapes, f32 and bf16;
-the Pallas kernels 11-18x (they are not bandwidth-bound). Use it to compare formulations of memory-bound XLA
-code before spending GPU time, and measure what it suggests with ``benchmarks/run.py gpu``.
+For a GPU it prints every kernel's operand and result bytes and a **bytes-only time estimate** at the card's
+HBM bandwidth (every operand counted once in full), and each XLA kernel's registers (ptxas on the emitted
+PTX). Not a measurement. Calibration against the H100 figures of benchmarks/README.md (same code): the gather
+DCN's forward+backward took 2.2-2.4x its bytes estimate at all three benchmark shapes, f32 and bf16; the
+Pallas kernels 11-18x (they are not bandwidth-bound).
+
+TPU (libtpu compiles for a named topology; 1.5 GB venv)::
+
+    python -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \
+        flax optax einops safetensors pillow
+    /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --batch 8
+
+For a TPU it prints the HBM the program needs (``memory_analysis``: temporaries, arguments) or the
+compiler's out-of-memory message, and the largest arrays with their padding to the (8, 128) tiles. Use it to
+compare formulations before spending accelerator time; measure what it suggests with ``benchmarks/run.py gpu``.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")  # no CUDA runtime here; compiling only
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU either: several compiling processes may run
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -58,20 +70,25 @@ TARGETS = {
     "h100": dict(name="NVIDIA H100 80GB HBM3", bandwidth=3352320000000, memory=84942979072),
     "h200": dict(name="NVIDIA H200 141GB HBM3e", bandwidth=4800000000000, memory=151397597184),
 }
+TPU_TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}  # one chip of each is used
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
           "s64": 8, "u64": 8}
 
 
 def sharding(target: str) -> jax.sharding.NamedSharding:
-    topo = topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
-                                        target_config=_DEVICE.format(**TARGETS[target]))
+    if target in TPU_TOPOLOGIES:
+        topo = topologies.get_topology_desc(topology_name=TPU_TOPOLOGIES[target], platform="tpu")
+    else:
+        topo = topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
+                                            target_config=_DEVICE.format(**TARGETS[target]))
     mesh = jax.sharding.Mesh(topo.devices[:1], ("d",))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def compile_for_gpu(fn, args, dump_dir: str, donate=()):
-    """``jax.jit(fn).lower(*args).compile()`` for the target of ``args``' shardings, XLA's dump in ``dump_dir``."""
-    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options={"xla_dump_to": dump_dir})
+def compile_for(fn, args, dump_dir: str | None, donate=()):
+    """``jax.jit(fn).lower(*args).compile()`` for the target of ``args``' shardings (XLA's dump in ``dump_dir``)."""
+    options = {"xla_dump_to": dump_dir} if dump_dir else {}
+    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=options)
 
 
 def _nbytes(shape_text: str) -> int:
@@ -170,6 +187,40 @@ def report(dump_dir: str, target: str, top: int) -> None:
               f"  {reg_text}  {est(r):.3f} ms")
 
 
+def tpu_arrays(hlo: str) -> list[tuple[int, int, str]]:
+    """(bytes with the layout's tile padding, bytes unpadded, description) of every array in the entry."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    out = []
+    for m in re.finditer(r"\n\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\{([^}]*)\}", entry):
+        name, dtype, dims_text, layout = m.groups()
+        dims = [int(d) for d in filter(None, dims_text.split(","))]
+        size = _BYTES.get(dtype, 4)
+        for d in dims:
+            size *= d
+        minor_to_major = layout.split(":")[0]
+        tile = re.search(r"T\(([\d,]+)\)", layout)
+        padded = size
+        if tile and dims and minor_to_major:
+            physical = [dims[int(i)] for i in minor_to_major.split(",")][::-1]  # major .. minor
+            tiles = [int(t) for t in tile.group(1).split(",")]
+            padded = _BYTES.get(dtype, 4)
+            for i, d in enumerate(physical):
+                t = tiles[i - (len(physical) - len(tiles))] if i >= len(physical) - len(tiles) else 1
+                padded *= -(-d // t) * t
+        out.append((padded, size, f"{name[:36]:36} {dtype}[{dims_text}]{{{minor_to_major}}}"))
+    return sorted(out, reverse=True)
+
+
+def report_tpu(compiled, top: int) -> None:
+    mem = compiled.memory_analysis()
+    print(f"HBM: temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB, arguments "
+          f"{mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs {mem.output_size_in_bytes / 2**30:.2f} GiB")
+    arrays = tpu_arrays(compiled.as_text())
+    print(f"largest {top} arrays: MiB with tile padding / without")
+    for padded, size, what in arrays[:top]:
+        print(f"  {padded / 2**20:9.1f} / {size / 2**20:8.1f}  {what}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["train", "infer", "dcn"])
@@ -177,7 +228,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="train: batch (32); infer: clips (8)")
     parser.add_argument("--shape", default="160,64,64,64", help="dcn: B,H,W,C (8 groups, float32 offsets)")
     parser.add_argument("--impl", default="auto", help="DCN implementation (EDVR_JAX_DCN_IMPL)")
-    parser.add_argument("--target", choices=sorted(TARGETS), default="h100")
+    parser.add_argument("--target", choices=sorted(TARGETS) + sorted(TPU_TOPOLOGIES), default="h100")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--dump", help="keep XLA's dump (HLO, PTX) here; default: a temporary folder")
     args = parser.parse_args()
@@ -217,8 +268,16 @@ def main() -> None:
                                     jax.random.key(0))
             fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
             fargs = (on_target(params), spec((args.batch or 8, 5, 180, 320, 3)))
-    dump = args.dump or tempfile.mkdtemp(prefix="gpu_aot_")
-    compile_for_gpu(fn, fargs, dump, donate)
+    if args.target in TPU_TOPOLOGIES:
+        try:
+            compiled = compile_for(fn, fargs, args.dump, donate)
+        except jax.errors.JaxRuntimeError as e:  # out of HBM: the compiler says how much it needed
+            print(f"does not compile for {args.target}: {str(e).splitlines()[0][:300]}")
+            return
+        report_tpu(compiled, args.top)
+        return
+    dump = args.dump or tempfile.mkdtemp(prefix="accel_aot_")
+    compile_for(fn, fargs, dump, donate)
     report(dump, args.target, args.top)
     print(f"XLA dump: {dump}")
 
