@@ -25,9 +25,10 @@ TPU (libtpu compiles for a named topology; 1.5 GB venv)::
     python -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \
         flax optax einops safetensors pillow
     /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --batch 8
+    /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --chips 4 --batch 32  # 8 clips per chip
 
-For a TPU it prints the HBM the program needs (``memory_analysis``: temporaries, arguments) or the
-compiler's out-of-memory message, and the largest arrays with their padding to the (8, 128) tiles. Use it to
+For a TPU it prints the HBM the program needs per chip (``memory_analysis``) or the compiler's
+out-of-memory message, the cross-chip collectives, and the largest arrays with their padding to the (8, 128) tiles. Use it to
 compare formulations before spending accelerator time; measure what it suggests with ``benchmarks/run.py gpu``.
 """
 
@@ -70,19 +71,19 @@ TARGETS = {
     "h100": dict(name="NVIDIA H100 80GB HBM3", bandwidth=3352320000000, memory=84942979072),
     "h200": dict(name="NVIDIA H200 141GB HBM3e", bandwidth=4800000000000, memory=151397597184),
 }
-TPU_TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}  # one chip of each is used
+TPU_TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}  # --chips of them are used
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8,
           "s64": 8, "u64": 8}
 
 
-def sharding(target: str) -> jax.sharding.NamedSharding:
+def target_devices(target: str) -> list:
+    """The devices of a deviceless topology for ``target`` (a GPU: one; a TPU: four chips)."""
     if target in TPU_TOPOLOGIES:
         topo = topologies.get_topology_desc(topology_name=TPU_TOPOLOGIES[target], platform="tpu")
     else:
         topo = topologies.get_topology_desc(platform="cuda", topology_name="", topology="1x1x1",
                                             target_config=_DEVICE.format(**TARGETS[target]))
-    mesh = jax.sharding.Mesh(topo.devices[:1], ("d",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return list(topo.devices)
 
 
 def compile_for(fn, args, dump_dir: str | None, donate=()):
@@ -211,11 +212,24 @@ def tpu_arrays(hlo: str) -> list[tuple[int, int, str]]:
     return sorted(out, reverse=True)
 
 
+def collectives(hlo: str) -> dict[str, list[int]]:
+    """Cross-device ops of the optimized program: name -> [count, bytes of their results]."""
+    out = collections.defaultdict(lambda: [0, 0])
+    for m in re.finditer(r"= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
+                         hlo):
+        out[m.group(2)][0] += 1
+        out[m.group(2)][1] += _nbytes(m.group(1))
+    return dict(out)
+
+
 def report_tpu(compiled, top: int) -> None:
     mem = compiled.memory_analysis()
-    print(f"HBM: temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB, arguments "
+    print(f"HBM per chip: temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB, arguments "
           f"{mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs {mem.output_size_in_bytes / 2**30:.2f} GiB")
-    arrays = tpu_arrays(compiled.as_text())
+    hlo = compiled.as_text()
+    print("collectives: " + (", ".join(f"{n} x {op} ({b / 2**20:.1f} MiB)" for op, (n, b) in collectives(hlo).items())
+                             or "none"))
+    arrays = tpu_arrays(hlo)
     print(f"largest {top} arrays: MiB with tile padding / without")
     for padded, size, what in arrays[:top]:
         print(f"  {padded / 2**20:9.1f} / {size / 2**20:8.1f}  {what}")
@@ -229,6 +243,8 @@ def main() -> None:
     parser.add_argument("--shape", default="160,64,64,64", help="dcn: B,H,W,C (8 groups, float32 offsets)")
     parser.add_argument("--impl", default="auto", help="DCN implementation (EDVR_JAX_DCN_IMPL)")
     parser.add_argument("--target", choices=sorted(TARGETS) + sorted(TPU_TOPOLOGIES), default="h100")
+    parser.add_argument("--chips", type=int, default=1, help="TPU: data-parallel over this many chips (<= 4), "
+                        "the batch split as train.py splits it, the rest replicated")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--dump", help="keep XLA's dump (HLO, PTX) here; default: a temporary folder")
     args = parser.parse_args()
@@ -239,9 +255,13 @@ def main() -> None:
     from edvr_jax.ops import modulated_deform_conv
     from edvr_jax.optim import make_optimizer
 
-    rep = sharding(args.target)
+    from edvr_jax.sharding import batch_sharding, make_mesh
+
+    mesh = make_mesh(data=args.chips, devices=target_devices(args.target)[:args.chips])
+    rep, split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), batch_sharding(mesh)
     dtype = jnp.dtype(args.dtype)
-    spec = lambda shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt, sharding=rep)  # noqa: E731
+    spec = lambda shape, dt=jnp.float32, s=rep: jax.ShapeDtypeStruct(shape, dt, sharding=s)  # noqa: E731
+    batched = functools.partial(spec, s=split)
     on_target = lambda tree: jax.tree.map(lambda a: spec(a.shape, a.dtype), tree)  # noqa: E731
     donate = ()
     if args.what == "dcn":
@@ -250,8 +270,8 @@ def main() -> None:
         def fn(x, offset, mask, kernel, bias, g):
             y, vjp = jax.vjp(modulated_deform_conv, x, offset, mask, kernel, bias)
             return y, vjp((y.astype(jnp.float32) * g).astype(y.dtype))  # the gradient depends on the output
-        fargs = (spec((b, h, w, c), dtype), spec((b, h, w, 144)), spec((b, h, w, 72)), spec((3, 3, c, c), dtype),
-                 spec((c,), dtype), spec((b, h, w, c)))
+        fargs = (batched((b, h, w, c), dtype), batched((b, h, w, 144)), batched((b, h, w, 72)),
+                 spec((3, 3, c, c), dtype), spec((c,), dtype), batched((b, h, w, c)))
     else:
         model = edvr_from_preset("edvr_m", dtype=dtype)
         if args.what == "train":
@@ -261,13 +281,13 @@ def main() -> None:
                                                      input_shape=(1, 5, 64, 64, 3)), jax.random.key(0))
             batch = args.batch or 32
             fn = functools.partial(training.train_step, model=model, tx=tx, schedule=schedule)
-            fargs = (on_target(state), {"lq": spec((batch, 5, 64, 64, 3)), "gt": spec((batch, 256, 256, 3))})
+            fargs = (on_target(state), {"lq": batched((batch, 5, 64, 64, 3)), "gt": batched((batch, 256, 256, 3))})
             donate = (0,)
         else:
             params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 5, 64, 64, 3)))["params"],
                                     jax.random.key(0))
             fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-            fargs = (on_target(params), spec((args.batch or 8, 5, 180, 320, 3)))
+            fargs = (on_target(params), batched((args.batch or 8, 5, 180, 320, 3)))
     if args.target in TPU_TOPOLOGIES:
         try:
             compiled = compile_for(fn, fargs, args.dump, donate)

@@ -33,8 +33,8 @@ chunked the same way): it recomputes each chunk's corners instead of storing the
 columns, forms the offset and mask gradients in closed form, and scatter-adds
 each corner's weighted column gradient into the input's table rows.
 
-On GPU and TPU (``_deform_conv_accel``, whole batch, no chunks) the same maths is
-arranged for HBM traffic instead of cache: each sample's four corners come from
+On GPUs (``_deform_conv_accel``, whole batch, no chunks; also any other
+non-CPU, non-TPU backend) the same maths is arranged for HBM traffic instead of cache: each sample's four corners come from
 one gather of a 2x2 window of ``[B, H+2, W+2, G, C/G]`` (image and group as
 batching dimensions), and the input gradient goes back through one scatter-add
 of the same windows; the forward keeps its columns (XLA writes them to HBM for
@@ -420,6 +420,17 @@ def _window_weights(ly, lx, mi, dtype) -> list[jax.Array]:
 OFFSET_GRAD_ENV = "EDVR_JAX_DCN_OFFSET_GRAD"
 
 
+def _offset_mask_grads(sums, ly, lx, inside, mi):
+    """Gradients wrt the sample's y, x and mask from the corner sums ``S_q = <g_cols, v_q>`` (q = 00, 01, 10,
+    11): ``d cols / d y = m * ((1 - lx) * (v10 - v00) + lx * (v11 - v01))`` etc., summed over channels."""
+    s00, s01, s10, s11 = sums
+    hy, hx = 1.0 - ly, 1.0 - lx
+    g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
+    g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
+    g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+    return g_py, g_px, g_msk
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _deform_conv_accel(x, off, msk, wmat, geo: _Geometry):
     """Whole batch, one chunk: ``x [B, H, W, C]``, ``off [B, Ho, Wo, G, K, 2]``, ``msk [B, Ho, Wo, G, K]``
@@ -451,17 +462,14 @@ def _deform_conv_accel_bwd(geo, res, g_out):
     g_cols = g_cols.reshape(corner.shape[:-1] + (c // geo.groups,)).astype(acc_t)
     win = _windows(x, corner, geo.groups).astype(acc_t)
     v00, v01, v10, v11 = win[..., 0, 0, :], win[..., 0, 1, :], win[..., 1, 0, :], win[..., 1, 1, :]
-    hy, hx = 1.0 - ly, 1.0 - lx
     if os.environ.get(OFFSET_GRAD_ENV, "sums") == "direct":
-        hy_, hx_, ly_, lx_ = hy[..., None], hx[..., None], ly[..., None], lx[..., None]
+        hy_, hx_, ly_, lx_ = (1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None]
         g_py = mi * jnp.sum(g_cols * (hx_ * (v10 - v00) + lx_ * (v11 - v01)), axis=-1)
         g_px = mi * jnp.sum(g_cols * (hy_ * (v01 - v00) + ly_ * (v11 - v10)), axis=-1)
         g_msk = inside * jnp.sum(g_cols * (hy_ * (hx_ * v00 + lx_ * v01) + ly_ * (hx_ * v10 + lx_ * v11)), axis=-1)
     else:
-        s00, s01, s10, s11 = (jnp.sum(g_cols * v, axis=-1) for v in (v00, v01, v10, v11))
-        g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
-        g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
-        g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+        sums = [jnp.sum(g_cols * v, axis=-1) for v in (v00, v01, v10, v11)]
+        g_py, g_px, g_msk = _offset_mask_grads(sums, ly, lx, inside, mi)
     # Input: one scatter-add of each sample's 2x2 window of weighted column gradients.
     w00, w01, w10, w11 = (wq.astype(acc_t) for wq in _window_weights(ly, lx, mi, x.dtype))
     wts = jnp.stack([jnp.stack([w00, w01], axis=-1), jnp.stack([w10, w11], axis=-1)], axis=-2)
@@ -481,7 +489,7 @@ _deform_conv_accel.defvjp(_deform_conv_accel_fwd, _deform_conv_accel_bwd)
 # formulation's arrays end in (K=9, C/G=8) or (2, C/G): padded 14-64x, the EDVR-M training step at 4 clips
 # per chip needed 24.6 GB on a 16 GB v5e (deviceless compile; benchmarks/README.md). Here every array ends
 # in the output pixels (Ho*Wo, lane-dense): the image is a table [B, G, C/G, (H+2)(W+2)], each corner a
-# gather of single elements along its last axis, the columns [B, G, K, C/G, Ho*Wo].
+# gather of the group's C/G channels at one position of its last axis, the columns [B, G, K, C/G, Ho*Wo].
 
 
 def _tpu_table(x: jax.Array, groups: int) -> jax.Array:
@@ -543,11 +551,8 @@ def _deform_conv_tpu_bwd(geo, res, g_out):
     g_cols = jnp.einsum("bmo,jo->bjm", g, wmat, preferred_element_type=acc_t).astype(x.dtype)
     g_cols = g_cols.reshape(*top_left.shape[:3], cg, -1).astype(acc_t)  # [B, G, K, C/G, Ho*Wo]
     v00, v01, v10, v11 = (v.astype(acc_t) for v in _tpu_corners(_tpu_table(x, geo.groups), top_left, w))
-    s00, s01, s10, s11 = (jnp.sum(g_cols * v, axis=-2) for v in (v00, v01, v10, v11))
-    hy, hx = 1.0 - ly, 1.0 - lx
-    g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
-    g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
-    g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+    g_py, g_px, g_msk = _offset_mask_grads([jnp.sum(g_cols * v, axis=-2) for v in (v00, v01, v10, v11)],
+                                           ly, lx, inside, mi)
     g_table = jnp.zeros((b, geo.groups, cg, (h + 2) * (w + 2)), acc_t)
     for wq, s in zip(_corner_weights(ly, lx, mi), (0, 1, w + 2, w + 3)):
         g_table = jax.lax.scatter_add(g_table, (top_left + s)[..., None],
