@@ -115,8 +115,9 @@ padded 14-64x. Compiled for a v5e (16 GB HBM) without a TPU
 15.25 GB of temporaries for a training step at 4 clips per chip (8 clips:
 37.7 GB, out of memory) and 44 GB for inference of one 180x320 clip in
 float32. ``_deform_conv_tpu`` ends every large array in the output pixels:
-training 3.98 GB at 4 clips, 5.94 GB at 8; inference 4.42 GB (one clip, f32).
-Its TPU speed is unmeasured.
+training 3.98 GB at 4 clips, 5.94 GB at 8, 12.56 GB at 16; inference 4.42 GB
+(one clip, f32); data-parallel over 4 chips the batch splits with no collective
+but the gradient all-reduce. Its TPU speed is unmeasured.
 
 Why the kernels exist (from the H200 profile in ``shared/reference/gpu-h200.md``,
 before they were written): the gather
