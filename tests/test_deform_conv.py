@@ -265,6 +265,28 @@ def test_accelerator_gather_bfloat16(form):
             assert np.linalg.norm(a - b) <= 0.006 * np.linalg.norm(b), name
 
 
+def test_tpu_lowering_keeps_pixels_minor():
+    """TPU pads the two minor dimensions of every array to (8, 128) tiles: the DCN's gathers and scatters,
+    lowered for TPU, end in the output pixels (Ho * Wo) and the padded image's pixels ((H + 2) * (W + 2)),
+    never in a group's channels (the layout whose padding made EDVR-M need 44 GB for one f32 clip on a
+    16 GB v5e; benchmarks/README.md). For CUDA the same call keeps the 2x2-window layout."""
+    import re
+
+    from edvr_jax.lowering import export
+
+    x, offset, mask, kernel, _ = _random_case(30, b=2, h=7, w=9, c=16, groups=8, o=8)
+    grad = jax.grad(lambda *a: modulated_deform_conv(*a).sum(), argnums=(0, 1, 2, 3))
+
+    def minor_dims(platform):
+        text = export(grad, x, offset, mask, kernel, platforms=(platform,)).mlir_module()
+        gathers = re.findall(r'"stablehlo\.gather".*?-> tensor<([\dx]+)x\w+>', text)
+        scatters = re.findall(r'"stablehlo\.scatter".*?\}\) : \(.*?\) -> tensor<([\dx]+)x\w+>', text, re.S)
+        return {int(t.split("x")[-1]) for t in gathers}, {int(t.split("x")[-1]) for t in scatters}
+
+    assert minor_dims("tpu") == ({7 * 9}, {9 * 11})
+    assert minor_dims("cuda") == ({16 // 8}, {16 // 8})
+
+
 # ------------------------------------------------------------------------------------------ Pallas GPU kernels
 # On CPU the kernels run in Pallas interpret mode: the same kernel code, executed by XLA CPU.
 
