@@ -76,8 +76,12 @@ class Results:
     def add(self, section: str, name: str, ms: float | None, **extra):
         row = dict(section=section, name=name, ms=ms, **extra)
         self.rows.append(row)
-        shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        shown = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+                         if not isinstance(v, list))
         print(f"[{section:7}] {name:52} {'-' if ms is None else f'{ms:9.2f} ms'}  {shown}", flush=True)
+        for v in extra.values():  # lists (a profile's kernels): one line each
+            for entry in v if isinstance(v, list) else ():
+                print(f"{'':10} {entry}", flush=True)
         self.record("gpu", row)
 
     def get(self, section: str, name: str) -> float | None:
@@ -136,6 +140,56 @@ def with_impl(impl: str):
                 else:
                     os.environ[k] = v
     return _Ctx()
+
+
+def kernel_category(name: str) -> str:
+    """A GPU kernel's kind, from the names XLA and the libraries give them."""
+    n = name.lower()
+    if "scatter" in n:
+        return "scatter (DCN input gradient)"
+    if "gather" in n:
+        return "gather (DCN)"
+    if any(t in n for t in ("xmma", "cudnn", "conv", "implicit_gemm", "fprop", "dgrad", "wgrad")):
+        return "cuDNN convolution"
+    if "gemm" in n or "cublas" in n or "cutlass" in n:
+        return "matmul"
+    if "reduce" in n:
+        return "reduction"
+    if "triton" in n or "pallas" in n or "kernel" in n:
+        return "Pallas/Triton"
+    return "other XLA fusions"
+
+
+def kernel_profile(call, calls: int = 3, trace_dir: str | None = None) -> dict | None:
+    """GPU kernel time per call of ``call`` from a ``jax.profiler`` trace: ``{"total": ms, "kernels":
+    [(ms, name)], "categories": {category: ms}}``, or None when the trace has no device kernels (CPU)."""
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    call()
+    trace_dir = trace_dir or tempfile.mkdtemp(prefix="edvr_profile_")
+    with jax.profiler.trace(trace_dir):
+        for _ in range(calls):
+            jax.block_until_ready(call())
+    files = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
+    if not files:
+        return None
+    events = json.load(gzip.open(files[0]))["traceEvents"]
+    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and "/device:" in e.get("args", {}).get("name", "")}
+    per_name: dict[str, float] = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in devices:
+            per_name[e["name"]] = per_name.get(e["name"], 0.0) + e.get("dur", 0) / 1e3 / calls
+    if not per_name:
+        return None
+    categories: dict[str, float] = {}
+    for name, ms in per_name.items():
+        categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + ms
+    return {"total": sum(per_name.values()), "kernels": sorted(((ms, n) for n, ms in per_name.items()), reverse=True),
+            "categories": categories}
 
 
 def count_flops(fn, *args) -> float:
@@ -200,7 +254,8 @@ def _torch():
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: bool = False) -> None:
+def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: bool = False,
+        profile: bool = True) -> None:
     budget = Budget(budget_s)
     res = Results(record)
     on_gpu = jax.default_backend() == "gpu"
@@ -389,7 +444,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
             holder[0], metrics = compiled(holder[0], batch)
             return metrics["loss"]
         ms, _ = time_jax(call)
-        return ms, flops_of(step, state, batch)
+        return ms, flops_of(step, state, batch), call
 
     def torch_infer(n_clips, amp):
         x = torch.rand(n_clips, 5, 3, *hw, device=tdev)
@@ -418,6 +473,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
             scaler.update()
         return time_torch(call, tsync)
 
+    budget_profiled: list[str] = []  # the first timed training step (the default, bf16, batch 32) is profiled
     kimpl = "pallas" if "pallas" in impls else "gather"  # the kernels, when they work here
     jimpl = "auto" if kimpl == "pallas" else "gather"  # the default (impl="auto"), timed against BasicSR
 
@@ -435,11 +491,20 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
                 if tdev == "cuda":
                     torch.cuda.empty_cache()
             else:
-                ms, flops, *_ = (jax_infer if kind == "infer" else jax_train)(size, dt_or_amp, impl)
+                ms, flops, handle = (jax_infer if kind == "infer" else jax_train)(size, dt_or_amp, impl)
                 extra = {}
                 if np.isfinite(flops):
                     extra = dict(tflops=flops / ms / 1e9, of_bf16_peak=flops / (ms * 1e-3) / peak)
                 res.add(kind, what, ms, gflop=flops / 1e9, **extra)
+                if profile and kind == "train" and not budget_profiled and budget.left() > 30:
+                    budget_profiled.append(what)
+                    prof = kernel_profile(handle)
+                    if prof is None:
+                        print("  (profile: no device kernels in the trace)", flush=True)
+                    else:
+                        res.add("profile", f"{what}: device kernels per step", prof["total"], wall_ms=ms,
+                                **{f"cat {k}": round(v, 3) for k, v in prof["categories"].items()},
+                                top=[(round(v, 3), n[:80]) for v, n in prof["kernels"][:12]])
         except Exception as e:  # noqa: BLE001
             res.add(kind, what + " FAILED", None, error=f"{type(e).__name__}: {str(e)[:300]}")
 
