@@ -34,7 +34,8 @@ columns, forms the offset and mask gradients in closed form, and scatter-adds
 each corner's weighted column gradient into the input's table rows.
 
 On GPUs (``_deform_conv_accel``, whole batch, no chunks; also any other
-non-CPU, non-TPU backend) the same maths is arranged for HBM traffic instead of cache: each sample's four corners come from
+non-CPU, non-TPU backend; TPU has its own layout, below) the same maths is
+arranged for HBM traffic instead of cache: each sample's four corners come from
 one gather of a 2x2 window of ``[B, H+2, W+2, G, C/G]`` (image and group as
 batching dimensions), and the input gradient goes back through one scatter-add
 of the same windows; the forward keeps its columns (XLA writes them to HBM for
