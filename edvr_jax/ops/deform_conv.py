@@ -50,7 +50,11 @@ the exact gradient of the columns computed. Deviceless compilation for an H100
 (``tools/accel_aot.py``, bytes of every kernel's operands and results) puts the
 EDVR-M bf16 training step at batch 32 at 19.8 ms of HBM traffic against 27.3 ms
 for the CPU formulation run as one chunk (the DCN's gathers and scatters 3.6 vs
-10.8 ms); measured time is still to come (benchmarks/README.md).
+10.8 ms). Measured on an H200 (jax 0.11.2, ``benchmarks/gather_ab.py``, the two
+interleaved in one process): 57.5 / 57.7 ms -> 44.8 / 45.5 ms per step (1.28x);
+the fused offset-gradient form (``EDVR_JAX_DCN_OFFSET_GRAD=direct``), lighter in
+bytes, ran 54.8-55.3 ms against 44.3-44.7 for the corner sums. The DCN alone,
+forward+backward, 16x64x64x64 bf16: 1.04 ms, 5.8x a plain conv (was 1.7-2.2 ms).
 
 Two implementations behind ``modulated_deform_conv``, with equal results (tests:
 values and all gradients, f32 and bf16):
@@ -95,7 +99,12 @@ train step f32, batch 32           -              87.3 / 85.9
 =================================  =============  =============
 
 (H200 training, kernels for one pass only: bf16 61.7 forward-only / 61.8
-backward-only; f32 94.4 / 83.0.) The kernel forward wins by 17-24 % in bf16
+backward-only; f32 94.4 / 83.0.) With the gather's GPU formulation (H200, one
+``run.py gpu`` run, 2026-11-27): bf16 training at batch 32 44.37 ms with the
+gather against 60.17 with the kernels for both passes; bf16 inference of 8
+clips 44.80 with the gather against 37.26 with the kernel forward; op level
+(16x64x64x64, fwd+bwd) gather 1.05 / 1.04 ms against the kernels' 1.39 / 1.88
+(f32 / bf16). So the split stands. The kernel forward wins by 17-24 % in bf16
 inference and loses by 4-6 % in float32 inference; in training neither wins by
 more than the few % that separate repeated runs, except that bf16 training was
 faster with the gather on both cards (1.5 %, 3.6 %), so training stays on the
