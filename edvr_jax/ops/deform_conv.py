@@ -54,7 +54,8 @@ for the CPU formulation run as one chunk (the DCN's gathers and scatters 3.6 vs
 interleaved in one process): 57.5 / 57.7 ms -> 44.8 / 45.5 ms per step (1.28x);
 the fused offset-gradient form (``EDVR_JAX_DCN_OFFSET_GRAD=direct``), lighter in
 bytes, ran 54.8-55.3 ms against 44.3-44.7 for the corner sums. The DCN alone,
-forward+backward, 16x64x64x64 bf16: 1.04 ms, 5.8x a plain conv (was 1.7-2.2 ms).
+forward+backward, 16x64x64x64 bf16: 1.04 ms, 5.8x a plain conv (before: 1.73 ms
+on an H100; 2.15 ms in f32 on an H200, ``shared/reference/gpu-h200.md``).
 
 Two implementations behind ``modulated_deform_conv``, with equal results (tests:
 values and all gradients, f32 and bf16):
