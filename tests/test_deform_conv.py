@@ -225,8 +225,7 @@ def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
 
     x, offset, mask, kernel, bias = args
     geo_args = (x.shape[1], x.shape[2], 3, 3, (stride, stride), (pad, pad), (dil, dil), mask.shape[-1] // 9)
-    path = partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, cpu=form == "cpu",
-                   tpu=form == "tpu")
+    path = partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, form=form)
 
     def loss(*a):
         out = path(*a)

@@ -187,21 +187,20 @@ class _Geometry(NamedTuple):
 _CPU_CHUNK_VALUES = 1 << 19
 
 
-def _sample_terms(geo: _Geometry, row0: jax.Array, off: jax.Array, msk: jax.Array):
-    """Top-left table rows and bilinear terms of the samples of output rows ``row0 ...``.
+def _sample_positions(geo: _Geometry, rows, off: jax.Array, msk: jax.Array):
+    """Top-left corners and bilinear terms of the samples of output rows ``rows`` (the DCN's border rules).
 
-    ``off``: ``[R, Wo, G, K, 2]``, ``msk``: ``[R, Wo, G, K]`` (float32+), one image.
-    Returns ``(top_left, ly, lx, inside, mi)``, each ``[R, Wo, G, K]``, ``mi`` being the
-    mask zeroed outside the image. Row ``top_left`` of ``_table`` is the sample's
-    top-left corner in its group; the other corners are ``_corner_shifts`` further.
+    ``off``: ``[..., R, Wo, G, K, 2]``, ``msk``: ``[..., R, Wo, G, K]`` (float32+); ``rows``: the R output
+    row indices (NumPy for constants, jnp for traced or symbolic ones). Returns ``(y0, x0, ly, lx, inside,
+    mi)``: the top-left corner (int32, in ``[-1, H-1]`` x ``[-1, W-1]``), the fractions, whether the sample
+    is inside the image, and the mask zeroed outside it.
     """
-    h, w, groups = geo.h, geo.w, geo.groups
+    h, w = geo.h, geo.w
     (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
     # Static (NumPy) tap positions: XLA sees constants, not per-element div/mod.
     tap_i, tap_j = np.divmod(np.arange(geo.kh * geo.kw), geo.kw)
     arange = np.arange if isinstance(geo.wo, int) else jnp.arange  # jnp for symbolic (jax.export) widths
     base_x = ((arange(geo.wo) * sw - pw)[:, None] + tap_j * dw).astype(np.float32)  # [Wo, K]
-    rows = row0 + jnp.arange(off.shape[0])
     base_y = (rows * sh - ph)[:, None].astype(off.dtype) + (tap_i * dh).astype(np.float32)  # [R, K]
     py = base_y[:, None, None, :] + off[..., 0]
     px = base_x[None, :, None, :] + off[..., 1]
@@ -211,8 +210,20 @@ def _sample_terms(geo: _Geometry, row0: jax.Array, off: jax.Array, msk: jax.Arra
     # zeroed anyway onto valid rows.
     y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32)
     x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32)
-    top_left = ((y0 + 1) * (w + 2) + (x0 + 1)) * groups + jnp.arange(groups)[:, None]
-    return top_left, py - y0f, px - x0f, inside, msk * inside
+    return y0, x0, py - y0f, px - x0f, inside, msk * inside
+
+
+def _sample_terms(geo: _Geometry, row0: jax.Array, off: jax.Array, msk: jax.Array):
+    """Top-left table rows and bilinear terms of the samples of output rows ``row0 ...``.
+
+    ``off``: ``[R, Wo, G, K, 2]``, ``msk``: ``[R, Wo, G, K]`` (float32+), one image.
+    Returns ``(top_left, ly, lx, inside, mi)``, each ``[R, Wo, G, K]``, ``mi`` being the
+    mask zeroed outside the image. Row ``top_left`` of ``_table`` is the sample's
+    top-left corner in its group; the other corners are ``_corner_shifts`` further.
+    """
+    y0, x0, ly, lx, inside, mi = _sample_positions(geo, row0 + jnp.arange(off.shape[0]), off, msk)
+    top_left = ((y0 + 1) * (geo.w + 2) + (x0 + 1)) * geo.groups + jnp.arange(geo.groups)[:, None]
+    return top_left, ly, lx, inside, mi
 
 
 def _table(x: jax.Array, groups: int) -> jax.Array:
@@ -270,6 +281,29 @@ def _chunks(a: jax.Array, chunk: int) -> jax.Array:
     pad = -a.shape[0] % chunk
     a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
     return a.reshape(a.shape[0] // chunk, chunk, *a.shape[1:])
+
+
+def _fused_offset_mask_grads(g_cols, corners, ly, lx, inside, mi, geo: _Geometry):
+    """Gradients wrt the sample's y, x and mask as ``<g_cols, d cols / d(py, px, m)>`` over each group's
+    channels, one fused channel sum each, with ``d cols / d py = m * (hx * (v10 - v00) + lx * (v11 - v01))``
+    etc. (``v``: the corner rows, last axis the channels)."""
+    v00, v01, v10, v11 = corners
+    hy, hx, ly_, lx_ = ((1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None])
+    g_py = mi * _channel_sum(g_cols * (hx * (v10 - v00) + lx_ * (v11 - v01)), geo)
+    g_px = mi * _channel_sum(g_cols * (hy * (v01 - v00) + ly_ * (v11 - v10)), geo)
+    g_msk = inside * _channel_sum(g_cols * (hy * (hx * v00 + lx_ * v01) + ly_ * (hx * v10 + lx_ * v11)), geo)
+    return g_py, g_px, g_msk
+
+
+def _offset_mask_grads(sums, ly, lx, inside, mi):
+    """Gradients wrt the sample's y, x and mask from the corner sums ``S_q = <g_cols, v_q>`` (q = 00, 01, 10,
+    11): ``d cols / d y = m * ((1 - lx) * (v10 - v00) + lx * (v11 - v01))`` etc., summed over channels."""
+    s00, s01, s10, s11 = sums
+    hy, hx = 1.0 - ly, 1.0 - lx
+    g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
+    g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
+    g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
+    return g_py, g_px, g_msk
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -343,13 +377,8 @@ def _deform_conv_image_bwd(geo, res, g_out):
         cols = _columns(corners, _corner_weights(ly, lx, mi), x.dtype).reshape(g_c.shape[0], -1).astype(acc_t)
         g_wmat = g_wmat + jax.lax.dot_general(cols, g_c, (((0,), (0,)), ((), ())), preferred_element_type=acc_t)
         g_cols = jnp.dot(g_c, wmat_t).reshape(top_left.shape + (cg,))
-        # Offsets and mask: <g_cols, d cols / d(py, px, m)> over each group's channels, with
-        # d cols / d py = m * (hx * (v10 - v00) + lx * (v11 - v01)) etc. (v: corner rows).
-        v00, v01, v10, v11 = (v.astype(acc_t) for v in corners)
-        hy, hx, ly_, lx_ = ((1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None])
-        g_py = mi * _channel_sum(g_cols * (hx * (v10 - v00) + lx_ * (v11 - v01)), geo)
-        g_px = mi * _channel_sum(g_cols * (hy * (v01 - v00) + ly_ * (v11 - v10)), geo)
-        g_msk = inside * _channel_sum(g_cols * (hy * (hx * v00 + lx_ * v01) + ly_ * (hx * v10 + lx_ * v11)), geo)
+        g_py, g_px, g_msk = _fused_offset_mask_grads(g_cols, [v.astype(acc_t) for v in corners], ly, lx, inside,
+                                                     mi, geo)
         # Input: each corner's weighted column gradient scatter-added into its table row.
         for wq, s in zip(_corner_weights(ly, lx, mi), _corner_shifts(geo.w, groups)):
             g_rows = g_rows.at[(top_left + s).reshape(-1)].add((wq[..., None] * g_cols).reshape(-1, cg),
@@ -377,22 +406,11 @@ def _window_coords(geo: _Geometry, off: jax.Array, msk: jax.Array):
 
     ``off``: ``[B, Ho, Wo, G, K, 2]``, ``msk``: ``[B, Ho, Wo, G, K]`` (float32+). Returns ``(corner, ly, lx,
     inside, mi)``: ``corner [B, Ho, Wo, G, K, 2]`` int32, the (row, column) of the window's top-left pixel in
-    the image padded by one pixel on each side; the others ``[B, Ho, Wo, G, K]`` as in ``_sample_terms``.
+    the image padded by one pixel on each side; the others ``[B, Ho, Wo, G, K]`` (``_sample_positions``).
     """
-    h, w = geo.h, geo.w
-    (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
-    tap_i, tap_j = np.divmod(np.arange(geo.kh * geo.kw), geo.kw)
-    arange = np.arange if all(isinstance(d, int) for d in (geo.ho, geo.wo)) else jnp.arange
-    base_y = ((arange(geo.ho) * sh - ph)[:, None] + tap_i * dh).astype(np.float32)  # [Ho, K]
-    base_x = ((arange(geo.wo) * sw - pw)[:, None] + tap_j * dw).astype(np.float32)  # [Wo, K]
-    py = base_y[:, None, None, :] + off[..., 0]
-    px = base_x[None, :, None, :] + off[..., 1]
-    inside = (py > -1) & (py < h) & (px > -1) & (px < w)
-    y0f, x0f = jnp.floor(py), jnp.floor(px)
-    # As in _sample_terms: clipping only moves samples that are zeroed anyway.
-    y0 = jnp.clip(y0f, -1, h - 1).astype(jnp.int32) + 1
-    x0 = jnp.clip(x0f, -1, w - 1).astype(jnp.int32) + 1
-    return jnp.stack([y0, x0], axis=-1), py - y0f, px - x0f, inside, msk * inside
+    rows = (np.arange if isinstance(geo.ho, int) else jnp.arange)(geo.ho)
+    y0, x0, ly, lx, inside, mi = _sample_positions(geo, rows, off, msk)
+    return jnp.stack([y0 + 1, x0 + 1], axis=-1), ly, lx, inside, mi
 
 
 # The padded image as [B, H+2, W+2, G, C/G]; a sample's window is (1, 2, 2, 1, C/G) at (b, y0, x0, g), with
@@ -417,8 +435,8 @@ def _windows(x: jax.Array, corner: jax.Array, groups: int) -> jax.Array:
                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def _window_weights(ly, lx, mi, dtype) -> list[jax.Array]:
-    """The corner weights (mask included) rounded to ``dtype``, in window order (0,0), (0,1), (1,0), (1,1).
+def _rounded_corner_weights(ly, lx, mi, dtype) -> list[jax.Array]:
+    """The corner weights (mask included) rounded to ``dtype``, in the order (0,0), (0,1), (1,0), (1,1).
 
     The forward's columns and the backward's input-gradient scatter use the same rounded weights: the
     gradient of the function computed, and arrays that XLA materialises once for both.
@@ -432,17 +450,6 @@ def _window_weights(ly, lx, mi, dtype) -> list[jax.Array]:
 OFFSET_GRAD_ENV = "EDVR_JAX_DCN_OFFSET_GRAD"
 
 
-def _offset_mask_grads(sums, ly, lx, inside, mi):
-    """Gradients wrt the sample's y, x and mask from the corner sums ``S_q = <g_cols, v_q>`` (q = 00, 01, 10,
-    11): ``d cols / d y = m * ((1 - lx) * (v10 - v00) + lx * (v11 - v01))`` etc., summed over channels."""
-    s00, s01, s10, s11 = sums
-    hy, hx = 1.0 - ly, 1.0 - lx
-    g_py = mi * (hx * (s10 - s00) + lx * (s11 - s01))
-    g_px = mi * (hy * (s01 - s00) + ly * (s11 - s10))
-    g_msk = inside * (hy * (hx * s00 + lx * s01) + ly * (hx * s10 + lx * s11))
-    return g_py, g_px, g_msk
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _deform_conv_accel(x, off, msk, wmat, geo: _Geometry):
     """Whole batch, one chunk: ``x [B, H, W, C]``, ``off [B, Ho, Wo, G, K, 2]``, ``msk [B, Ho, Wo, G, K]``
@@ -454,7 +461,7 @@ def _deform_conv_accel_fwd(x, off, msk, wmat, geo):
     acc_t = jnp.promote_types(x.dtype, jnp.float32)
     corner, ly, lx, _, mi = _window_coords(geo, off, msk)
     win = _windows(x, corner, geo.groups)
-    wts = _window_weights(ly, lx, mi, x.dtype)
+    wts = _rounded_corner_weights(ly, lx, mi, x.dtype)
     cols = sum(wq[..., None] * win[..., q // 2, q % 2, :] for q, wq in enumerate(wts))
     cols = cols.reshape(-1, wmat.shape[0])
     out = jnp.dot(cols, wmat, preferred_element_type=acc_t)
@@ -473,17 +480,13 @@ def _deform_conv_accel_bwd(geo, res, g_out):
     g_cols = jnp.dot(g, wmat.T, preferred_element_type=acc_t).astype(x.dtype)
     g_cols = g_cols.reshape(corner.shape[:-1] + (c // geo.groups,)).astype(acc_t)
     win = _windows(x, corner, geo.groups).astype(acc_t)
-    v00, v01, v10, v11 = win[..., 0, 0, :], win[..., 0, 1, :], win[..., 1, 0, :], win[..., 1, 1, :]
+    corners = [win[..., 0, 0, :], win[..., 0, 1, :], win[..., 1, 0, :], win[..., 1, 1, :]]
     if os.environ.get(OFFSET_GRAD_ENV, "sums") == "direct":
-        hy_, hx_, ly_, lx_ = (1.0 - ly)[..., None], (1.0 - lx)[..., None], ly[..., None], lx[..., None]
-        g_py = mi * jnp.sum(g_cols * (hx_ * (v10 - v00) + lx_ * (v11 - v01)), axis=-1)
-        g_px = mi * jnp.sum(g_cols * (hy_ * (v01 - v00) + ly_ * (v11 - v10)), axis=-1)
-        g_msk = inside * jnp.sum(g_cols * (hy_ * (hx_ * v00 + lx_ * v01) + ly_ * (hx_ * v10 + lx_ * v11)), axis=-1)
+        g_py, g_px, g_msk = _fused_offset_mask_grads(g_cols, corners, ly, lx, inside, mi, geo)
     else:
-        sums = [jnp.sum(g_cols * v, axis=-1) for v in (v00, v01, v10, v11)]
-        g_py, g_px, g_msk = _offset_mask_grads(sums, ly, lx, inside, mi)
+        g_py, g_px, g_msk = _offset_mask_grads([jnp.sum(g_cols * v, axis=-1) for v in corners], ly, lx, inside, mi)
     # Input: one scatter-add of each sample's 2x2 window of weighted column gradients.
-    w00, w01, w10, w11 = (wq.astype(acc_t) for wq in _window_weights(ly, lx, mi, x.dtype))
+    w00, w01, w10, w11 = (wq.astype(acc_t) for wq in _rounded_corner_weights(ly, lx, mi, x.dtype))
     wts = jnp.stack([jnp.stack([w00, w01], axis=-1), jnp.stack([w10, w11], axis=-1)], axis=-2)
     updates = wts[..., None] * g_cols[..., None, None, :]
     g_xg = jax.lax.scatter_add(jnp.zeros((b, h + 2, w + 2, geo.groups, c // geo.groups), acc_t), corner, updates,
@@ -532,7 +535,7 @@ def _tpu_corners(table, top_left, w):
     """The four corners of every sample, each ``[B, G, K, C/G, Ho*Wo]``."""
     slice_sizes = (1, 1, table.shape[2], 1)
     return [jax.lax.gather(table, (top_left + s)[..., None], _TPU_GATHER, slice_sizes,
-                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS) for s in (0, 1, w + 2, w + 3)]
+                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS) for s in _corner_shifts(w, 1)]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -546,7 +549,7 @@ def _deform_conv_tpu_fwd(x, off, msk, wmat, geo):
     b = x.shape[0]
     top_left, ly, lx, _, mi = _tpu_terms(geo, off, msk)
     corners = _tpu_corners(_tpu_table(x, geo.groups), top_left, geo.w)
-    cols = sum(wq.astype(x.dtype)[..., None, :] * v for wq, v in zip(_corner_weights(ly, lx, mi), corners))
+    cols = sum(wq[..., None, :] * v for wq, v in zip(_rounded_corner_weights(ly, lx, mi, x.dtype), corners))
     cols = cols.reshape(b, wmat.shape[0], -1)  # [B, G*K*C/G, Ho*Wo]
     out = jnp.einsum("bjm,jo->bmo", cols, wmat, preferred_element_type=acc_t)
     return out.reshape(*off.shape[:3], wmat.shape[1]), (x, off, msk, wmat, cols)
@@ -566,9 +569,9 @@ def _deform_conv_tpu_bwd(geo, res, g_out):
     g_py, g_px, g_msk = _offset_mask_grads([jnp.sum(g_cols * v, axis=-2) for v in (v00, v01, v10, v11)],
                                            ly, lx, inside, mi)
     g_table = jnp.zeros((b, geo.groups, cg, (h + 2) * (w + 2)), acc_t)
-    for wq, s in zip(_corner_weights(ly, lx, mi), (0, 1, w + 2, w + 3)):
-        g_table = jax.lax.scatter_add(g_table, (top_left + s)[..., None],
-                                      wq.astype(x.dtype).astype(acc_t)[..., None, :] * g_cols, _TPU_SCATTER,
+    for wq, s in zip(_rounded_corner_weights(ly, lx, mi, x.dtype), _corner_shifts(w, 1)):
+        g_table = jax.lax.scatter_add(g_table, (top_left + s)[..., None], wq.astype(acc_t)[..., None, :] * g_cols,
+                                      _TPU_SCATTER,
                                       mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     g_x = jnp.transpose(g_table, (0, 3, 1, 2)).reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(x.dtype)
     back = lambda a: jnp.transpose(a, (0, 3, 1, 2)).reshape(msk.shape)  # noqa: E731  [B, G, K, M] -> [B, Ho, Wo, G, K]
@@ -631,9 +634,11 @@ def _split_vjp(forward, backward_of, primal=None):
     return dcn
 
 
-def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu, tpu=False):
-    """The vectorized-gather DCN: tuned for CPU (``cpu=True``: row chunks, halving sums), or for GPU/TPU (the
-    whole batch at once, ``_deform_conv_accel``; the chunked formulation when ``chunk_rows`` asks for chunks)."""
+def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, form):
+    """The vectorized-gather DCN in the formulation for ``form``: "cpu" (row chunks, halving sums), "gpu"
+    (``_deform_conv_accel``) or "tpu" (``_deform_conv_tpu``), the last two the whole batch at once, or the
+    chunked formulation when ``chunk_rows`` asks for chunks."""
+    cpu = form == "cpu"
     b, ho, wo, (h, w, kh, kw, stride, padding, dilation, groups) = *offset.shape[:3], geo_args
     c, out_ch = x.shape[-1], kernel.shape[-1]
     k = kh * kw
@@ -656,7 +661,7 @@ def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, cpu, tp
     if cpu or chunk < ho:
         out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
     else:
-        out = (_deform_conv_tpu if tpu else _deform_conv_accel)(x, off, m, wmat, geo)
+        out = (_deform_conv_tpu if form == "tpu" else _deform_conv_accel)(x, off, m, wmat, geo)
     if bias is not None:
         out = out + bias.astype(acc_t)
     return out.astype(x.dtype)
@@ -764,9 +769,8 @@ def modulated_deform_conv(
             raise ValueError(f"{IMPL_ENV} must be one of {IMPLS}, got {impl!r}")
 
     geo_args = (h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups)
-    gather_cpu = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=True)
-    gather_accel = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=False)
-    gather_tpu = partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, cpu=False, tpu=True)
+    gather_cpu, gather_accel, gather_tpu = (partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, form=f)
+                                            for f in ("cpu", "gpu", "tpu"))
     branches = dict(cpu=gather_cpu, tpu=gather_tpu, default=gather_accel)
     if impl != "gather" and deform_conv_pallas.supports(x.shape, x.dtype, out_ch, groups) is None:
         config = pallas_config or deform_conv_pallas.config_for(x.dtype)
