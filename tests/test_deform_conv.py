@@ -220,19 +220,23 @@ def test_shape_errors_are_clear():
 # dtype) and "tpu" (the same maths with the output pixels as the minor axis of every array).
 
 
+def _weighted_value_and_grads(dcn, args):
+    """``dcn(*args)`` and the gradients wrt all five arguments of its output weighted by a cosine."""
+    def loss(*a):
+        out = dcn(*a)
+        weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
+        return jnp.sum(out.astype(jnp.float32) * weights), out
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    return out, grads
+
+
 def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
     from edvr_jax.ops import deform_conv
 
     x, offset, mask, kernel, bias = args
     geo_args = (x.shape[1], x.shape[2], 3, 3, (stride, stride), (pad, pad), (dil, dil), mask.shape[-1] // 9)
-    path = partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, form=form)
-
-    def loss(*a):
-        out = path(*a)
-        weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
-        return jnp.sum(out.astype(jnp.float32) * weights), out
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
-    return out, grads
+    return _weighted_value_and_grads(partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, form=form),
+                                     args)
 
 
 @pytest.mark.parametrize("form,offset_grad", [("gpu", "sums"), ("gpu", "direct"), ("tpu", "sums")])
@@ -293,12 +297,7 @@ from edvr_jax.ops import deform_conv_pallas  # noqa: E402
 
 
 def _value_and_grads(impl, args, config=None, **conv):
-    def loss(*a):
-        out = modulated_deform_conv(*a, impl=impl, pallas_config=config, **conv)
-        weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
-        return jnp.sum(out.astype(jnp.float32) * weights), out
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
-    return out, grads
+    return _weighted_value_and_grads(partial(modulated_deform_conv, impl=impl, pallas_config=config, **conv), args)
 
 
 def _border_case(seed, **kw):
