@@ -187,7 +187,8 @@ def kernel_profile(call, calls: int = 3, trace_dir: str | None = None) -> dict |
         return None
     categories: dict[str, float] = {}
     for name, ms in per_name.items():
-        categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + ms
+        category = kernel_category(name)
+        categories[category] = categories.get(category, 0.0) + ms
     return {"total": sum(per_name.values()), "kernels": sorted(((ms, n) for n, ms in per_name.items()), reverse=True),
             "categories": categories}
 
@@ -254,8 +255,7 @@ def _torch():
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: bool = False,
-        profile: bool = True) -> None:
+def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: bool = False) -> None:
     budget = Budget(budget_s)
     res = Results(record)
     on_gpu = jax.default_backend() == "gpu"
@@ -473,11 +473,12 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
             scaler.update()
         return time_torch(call, tsync)
 
-    budget_profiled: list[str] = []  # the first timed training step (the default, bf16, batch 32) is profiled
+    profiled = False  # the first timed training step (the default, bf16, batch 32) is profiled
     kimpl = "pallas" if "pallas" in impls else "gather"  # the kernels, when they work here
     jimpl = "auto" if kimpl == "pallas" else "gather"  # the default (impl="auto"), timed against BasicSR
 
     def item(kind, size, side, dt_or_amp, need_s, impl=None):
+        nonlocal profiled
         what = f"{kind} {'clips' if kind == 'infer' else 'batch'} {size} {side} " + \
             (("amp" if dt_or_amp else "f32") if side == "basicsr" else f"{jnp.dtype(dt_or_amp).name} {impl}")
         if skip(need_s, what):
@@ -496,8 +497,8 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
                 if np.isfinite(flops):
                     extra = dict(tflops=flops / ms / 1e9, of_bf16_peak=flops / (ms * 1e-3) / peak)
                 res.add(kind, what, ms, gflop=flops / 1e9, **extra)
-                if profile and kind == "train" and not budget_profiled and budget.left() > 30:
-                    budget_profiled.append(what)
+                if kind == "train" and not profiled and budget.left() > 30:
+                    profiled = True
                     prof = kernel_profile(handle)
                     if prof is None:
                         print("  (profile: no device kernels in the trace)", flush=True)

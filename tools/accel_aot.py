@@ -165,11 +165,10 @@ def report(dump_dir: str, target: str, top: int) -> None:
     bandwidth = TARGETS[target]["bandwidth"]
     rows = kernels(dump_dir)
     regs = kernel_registers(dump_dir)
-    by_body = {}
-    for r in rows:  # XLA emits one kernel for identical fusions: look registers up through the body
-        reg = regs.get(re.sub(r"[.\-]", "_", r["name"]))
-        if reg:
-            by_body[r["body"]] = reg
+    for r in rows:
+        r["regs"] = regs.get(re.sub(r"[.\-]", "_", r["name"]))
+    # XLA emits one kernel for identical fusions: the others find their registers through the body.
+    by_body = {r["body"]: r["regs"] for r in rows if r["regs"]}
     est = lambda r: (r["out"] + r["inp"]) / bandwidth * 1e3  # noqa: E731
     total = sum(map(est, rows))
     print(f"{len(rows)} kernel launches; bytes-only estimate {total:.2f} ms at {bandwidth / 1e12:.2f} TB/s "
@@ -182,7 +181,7 @@ def report(dump_dir: str, target: str, top: int) -> None:
         print(f"  {cat:26} {n:5} launches  {t:7.2f} ms")
     print(f"largest {top}:  name, kind, MiB out / in, registers per thread (spill bytes), estimate")
     for r in sorted(rows, key=est, reverse=True)[:top]:
-        reg = regs.get(re.sub(r"[.\-]", "_", r["name"])) or by_body.get(r["body"])
+        reg = r["regs"] or by_body.get(r["body"])
         reg_text = f"{reg[0]:4d} ({reg[1]})" if reg else "   -    "
         print(f"  {r['name'][:44]:44} {r['kind'][:30]:30} {r['out'] / 2**20:8.1f} / {r['inp'] / 2**20:8.1f}"
               f"  {reg_text}  {est(r):.3f} ms")
@@ -195,9 +194,7 @@ def tpu_arrays(hlo: str) -> list[tuple[int, int, str]]:
     for m in re.finditer(r"\n\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\{([^}]*)\}", entry):
         name, dtype, dims_text, layout = m.groups()
         dims = [int(d) for d in filter(None, dims_text.split(","))]
-        size = _BYTES.get(dtype, 4)
-        for d in dims:
-            size *= d
+        size = _nbytes(f"{dtype}[{dims_text}]")
         minor_to_major = layout.split(":")[0]
         tile = re.search(r"T\(([\d,]+)\)", layout)
         padded = size
