@@ -143,8 +143,10 @@ class EDVR(nn.Module):
             feat = conv("fusion", k=1)(einops.rearrange(aligned, "b t h w c -> b h w (t c)"))  # frame-major
 
         out = residual_blocks(feat, self.num_reconstruct_block, nf, "reconstruction", dt)
-        out = lrelu(pixel_shuffle(conv("upconv1", nf * 4)(out), 2))
-        out = lrelu(pixel_shuffle(conv("upconv2", 64 * 4)(out), 2))
+        # LeakyReLU before the shuffle (BasicSR: after; elementwise, so identical): XLA fuses it into the
+        # shuffle's transpose instead of a separate pass over the largest activations.
+        out = pixel_shuffle(lrelu(conv("upconv1", nf * 4)(out)), 2)
+        out = pixel_shuffle(lrelu(conv("upconv2", 64 * 4)(out)), 2)
         out = lrelu(conv("conv_hr", 64)(out))
         out = conv("conv_last", 3)(out)
         base = x_center if self.hr_in else upsample_bilinear(x_center, 4)
