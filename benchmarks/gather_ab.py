@@ -2,9 +2,13 @@
 
     python benchmarks/gather_ab.py formulations   # the GPU formulation against the CPU one run as one chunk
     python benchmarks/gather_ab.py offset-grad    # corner sums (default) against the fused offset gradient
+    python benchmarks/gather_ab.py sample-order   # per-sample arrays [.., G, K] (default) against [.., K, G]
 
 bf16, batch 32 of 5x64x64 LR clips, train.py's own step; each variant twice, interleaved (A, B, A, B);
-median of 15 steps after 3 warm-up steps; compile time excluded. The "cpu" formulation is swapped in by
+median of 15 steps after 3 warm-up steps; compile time excluded. The DCNs' ``conv_offset`` parameters are
+drawn at random (kernels std 0.02, biases std 2: mean |offset| about 1.6 px, printed), so that samples fall
+between pixels and differ between groups and taps, as in a trained model. (EDVR initialises them to zero:
+every sample would sit on a pixel, the same one for all groups, which flatters gathers and atomics.) The "cpu" formulation is swapped in by
 replacing ``deform_conv._deform_conv_accel`` with the vmapped per-image ``_deform_conv_image`` (one chunk,
 ``jnp.sum``), which is what the accelerators ran before the GPU formulation. Only jax, flax, optax and
 edvr_jax's model, ops and training step are imported (the accelerator image has nothing more).
@@ -17,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -29,14 +34,29 @@ from edvr_jax.ops import deform_conv  # noqa: E402
 from edvr_jax.optim import make_optimizer  # noqa: E402
 
 
+def offsets_of_a_few_pixels(params, seed: int = 5):
+    """``params`` with every ``conv_offset`` kernel ~ N(0, 0.02) and bias ~ N(0, 2)."""
+    def draw(path, p):
+        name = jax.tree_util.keystr(path)
+        if "conv_offset" not in name:
+            return p
+        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()))
+        return (0.02 if "kernel" in name else 2.0) * jax.random.normal(key, p.shape, p.dtype)
+    return jax.tree_util.tree_map_with_path(draw, params)
+
+
 def step_ms(batch: int = 32, dtype=jnp.bfloat16, steps: int = 15) -> tuple[float, float]:
     """(median ms per step, compile seconds) of train.py's step for EDVR-M, as the DCN is set up now."""
     model = edvr_from_preset("edvr_m", dtype=dtype)
     schedule = lambda n: 4e-4  # noqa: E731
     tx = make_optimizer(schedule)
     state = training.create_train_state(jax.random.key(0), model=model, tx=tx, input_shape=(1, 5, 64, 64, 3))
+    state["params"] = offsets_of_a_few_pixels(state["params"])
     data = {"lq": jax.random.uniform(jax.random.key(3), (batch, 5, 64, 64, 3)),
             "gt": jax.random.uniform(jax.random.key(4), (batch, 256, 256, 3))}
+    _, inter = model.apply({"params": state["params"]}, data["lq"][:1], mutable=["intermediates"])
+    means = training.offset_means(inter["intermediates"])
+    print("  mean |offset| " + ", ".join(f"{k.split('/')[-1]} {float(v):.2f}" for k, v in means.items()), flush=True)
     step = jax.jit(functools.partial(training.train_step, model=model, tx=tx, schedule=schedule), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
@@ -62,13 +82,16 @@ def main() -> None:
         variants = {"cpu formulation, one chunk": (cpu_form, "sums"), "gpu formulation": (gpu_form, "sums")}
     elif which == "offset-grad":
         variants = {"corner sums": (gpu_form, "sums"), "fused (direct)": (gpu_form, "direct")}
+    elif which == "sample-order":
+        variants = {"[.., G, K] (default)": (gpu_form, "sums", "gk"), "[.., K, G]": (gpu_form, "sums", "kg")}
     else:
-        raise SystemExit(f"unknown comparison {which!r}: formulations | offset-grad")
+        raise SystemExit(f"unknown comparison {which!r}: formulations | offset-grad | sample-order")
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch 32", flush=True)
     for _ in range(2):
-        for name, (form, offset_grad) in variants.items():
+        for name, (form, offset_grad, *order) in variants.items():
             deform_conv._deform_conv_accel = form
             os.environ[deform_conv.OFFSET_GRAD_ENV] = offset_grad
+            os.environ[deform_conv.SAMPLE_ORDER_ENV] = order[0] if order else "gk"
             ms, compile_s = step_ms()
             print(f"  {name:28} {ms:7.2f} ms  (compile {compile_s:.0f} s)", flush=True)
     deform_conv._deform_conv_accel = gpu_form

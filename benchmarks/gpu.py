@@ -473,12 +473,11 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
             scaler.update()
         return time_torch(call, tsync)
 
-    profiled = False  # the first timed training step (the default, bf16, batch 32) is profiled
+    profiled: set[str] = set()  # the first timed training step and inference (the default, bf16, batch 32 / 8 clips)
     kimpl = "pallas" if "pallas" in impls else "gather"  # the kernels, when they work here
     jimpl = "auto" if kimpl == "pallas" else "gather"  # the default (impl="auto"), timed against BasicSR
 
     def item(kind, size, side, dt_or_amp, need_s, impl=None):
-        nonlocal profiled
         what = f"{kind} {'clips' if kind == 'infer' else 'batch'} {size} {side} " + \
             (("amp" if dt_or_amp else "f32") if side == "basicsr" else f"{jnp.dtype(dt_or_amp).name} {impl}")
         if skip(need_s, what):
@@ -497,13 +496,17 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
                 if np.isfinite(flops):
                     extra = dict(tflops=flops / ms / 1e9, of_bf16_peak=flops / (ms * 1e-3) / peak)
                 res.add(kind, what, ms, gflop=flops / 1e9, **extra)
-                if kind == "train" and not profiled and budget.left() > 30:
-                    profiled = True
+                if kind not in profiled and budget.left() > 30:
+                    profiled.add(kind)
+                    if kind == "infer":
+                        compiled, x = handle
+                        handle = functools.partial(compiled, params, x)
                     prof = kernel_profile(handle)
                     if prof is None:
                         print("  (profile: no device kernels in the trace)", flush=True)
                     else:
-                        res.add("profile", f"{what}: device kernels per step", prof["total"], wall_ms=ms,
+                        res.add("profile", f"{what}: device kernels per {'step' if kind == 'train' else 'call'}",
+                                prof["total"], wall_ms=ms,
                                 **{f"cat {k}": round(v, 3) for k, v in prof["categories"].items()},
                                 top=[(round(v, 3), n[:80]) for v, n in prof["kernels"][:12]])
         except Exception as e:  # noqa: BLE001

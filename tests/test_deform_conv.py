@@ -221,12 +221,12 @@ def test_shape_errors_are_clear():
 
 
 def _weighted_value_and_grads(dcn, args):
-    """``dcn(*args)`` and the gradients wrt all five arguments of its output weighted by a cosine."""
+    """``dcn(*args)`` and the gradients wrt all its arguments of its output weighted by a cosine."""
     def loss(*a):
         out = dcn(*a)
         weights = jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))
         return jnp.sum(out.astype(jnp.float32) * weights), out
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(*args)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(args))), has_aux=True))(*args)
     return out, grads
 
 
@@ -239,10 +239,12 @@ def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
                                      args)
 
 
-@pytest.mark.parametrize("form,offset_grad", [("gpu", "sums"), ("gpu", "direct"), ("tpu", "sums")])
+@pytest.mark.parametrize("form,offset_grad,order", [("gpu", "sums", "gk"), ("gpu", "direct", "gk"), ("gpu", "sums", "kg"),
+                                                    ("tpu", "sums", "gk")])
 @pytest.mark.parametrize("stride,pad,dil,groups", [(1, 1, 1, 4), (2, 0, 2, 2), (1, 2, 1, 1)])
-def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, stride, pad, dil, groups):
+def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, order, stride, pad, dil, groups):
     monkeypatch.setenv("EDVR_JAX_DCN_OFFSET_GRAD", offset_grad)
+    monkeypatch.setenv("EDVR_JAX_DCN_SAMPLE_ORDER", order)
     args = _border_case(20 + stride + pad, b=2, h=7, w=9, c=8, groups=groups, o=6, stride=stride, pad=pad, dil=dil)
     out, grads = _gather_value_and_grads(form, args, stride, pad, dil)
     ref, ref_grads = _gather_value_and_grads("cpu", args, stride, pad, dil)
@@ -252,10 +254,11 @@ def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, s
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("form", ["gpu", "tpu"])
-def test_accelerator_gather_bfloat16(form):
+@pytest.mark.parametrize("form,order", [("gpu", "gk"), ("gpu", "kg"), ("tpu", "gk")])
+def test_accelerator_gather_bfloat16(monkeypatch, form, order):
     """bf16 compute (float32 offsets, as EDVR keeps them): within bf16 rounding of the float32 result; the
     gradients come back in each input's dtype."""
+    monkeypatch.setenv("EDVR_JAX_DCN_SAMPLE_ORDER", order)
     x, offset, mask, kernel, bias = _border_case(24, b=1, h=6, w=8, c=16, groups=8, o=16)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
     out, grads = _gather_value_and_grads(form, (bf(x), offset, bf(mask), bf(kernel), bf(bias)))
@@ -342,6 +345,82 @@ def test_pallas_matches_gather_bfloat16():
     for name, a, b in zip(("out", "x", "offset", "mask", "kernel", "bias"), (out, *grads), (ref, *ref_grads)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         assert np.abs(a - b).max() <= 0.03 * np.abs(b).max(), name
+
+
+# ------------------------------------------------------------------------------------------ packed offsets and mask
+# ``modulated_deform_conv_packed``: offsets and mask logits in one array, as DCNv2Pack's conv_offset predicts
+# them. The Pallas forward kernel reads that array in place and takes the sigmoid itself.
+
+
+def _packed_case(seed, **kw):
+    x, offset, mask, kernel, bias = _border_case(seed, **kw)
+    rng = np.random.default_rng(seed + 200)
+    logits = (3 * rng.standard_normal(mask.shape)).astype(np.float32)  # sigmoids from ~0 to ~1
+    return x, np.concatenate([offset, logits], axis=-1), kernel, bias
+
+
+def _unpacked(offset_mask):
+    n_off = offset_mask.shape[-1] * 2 // 3
+    return offset_mask[..., :n_off], jax.nn.sigmoid(jnp.asarray(offset_mask[..., n_off:], jnp.float32))
+
+
+@pytest.mark.parametrize("impl", ["gather", "pallas", "pallas-forward", "pallas-backward"])
+def test_packed_offsets_equal_split_offsets(impl):
+    """Value and gradients (wrt x, the packed array, kernel, bias) equal those of the split call on the
+    gather path: the offsets' gradient in the first 2GK channels, the logits' (mask gradient times the
+    sigmoid's derivative) in the last GK. Pallas in interpret mode; its forward kernel reads the packed array
+    and takes the sigmoid in the kernel."""
+    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
+
+    args = _packed_case(40, b=2, h=5, w=6, c=16, groups=4, o=16)
+    out, grads = _weighted_value_and_grads(partial(modulated_deform_conv_packed, impl=impl), args)
+
+    def split(x, om, kernel, bias):
+        return modulated_deform_conv(x, *_unpacked(om), kernel, bias, impl="gather")
+    ref, ref_grads = _weighted_value_and_grads(split, args)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    for name, g, g_ref in zip(("x", "offset_mask", "kernel", "bias"), grads, ref_grads):
+        scale = float(np.abs(np.asarray(g_ref)).max())
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * scale, err_msg=name)
+
+
+def test_packed_forward_kernel_bfloat16_and_export():
+    """bf16 inference through "auto" lowered for CUDA: the kernel reads the packed array itself (no slice or
+    sigmoid left outside it); in interpret mode its result is the split call's within bf16 rounding."""
+    import re
+
+    from edvr_jax.lowering import export, has_triton_kernels
+    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
+
+    x, om, kernel, bias = _packed_case(41, b=1, h=6, w=8, c=16, groups=8, o=16)
+    bf = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
+    out = modulated_deform_conv_packed(bf(x), bf(om), bf(kernel), bf(bias), impl="pallas-forward")
+    ref = modulated_deform_conv(x, *_unpacked(om), kernel, bias, impl="gather")
+    assert out.dtype == jnp.bfloat16
+    a, b = np.asarray(out, np.float32), np.asarray(ref)
+    assert np.linalg.norm(a - b) <= 0.01 * np.linalg.norm(b)
+    exported = export(modulated_deform_conv_packed, bf(x), bf(om), bf(kernel), bf(bias), platforms=("cuda",))
+    text = exported.mlir_module()
+    slices = re.findall(r"stablehlo\.slice .*-> tensor<([\dx]+)xbf16>", text)
+    assert has_triton_kernels(exported) and "stablehlo.exponential" not in text  # the sigmoid: in the kernel
+    assert not [t for t in slices if t.endswith(("x144", "x72"))], slices  # offsets / mask never split off
+    text = export(modulated_deform_conv_packed, bf(x), bf(om), bf(kernel), bf(bias), platforms=("tpu",)).mlir_module()
+    slices = re.findall(r"stablehlo\.slice .*-> tensor<([\dx]+)xbf16>", text)
+    assert "stablehlo.exponential" in text and "1x6x8x144" in slices  # elsewhere the gather on split arrays
+
+
+def test_packed_offsets_bad_shapes():
+    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
+
+    x, om, kernel, bias = _packed_case(42, b=1, h=5, w=6, c=16, groups=4, o=16)
+    with pytest.raises(ValueError, match=r"offset_mask must be \[B, Ho, Wo, 3\*G\*3\*3\] = \[1, 5, 6, G\*27\]"):
+        modulated_deform_conv_packed(x, om[..., :-1], kernel, bias)
+    with pytest.raises(ValueError, match="offset_mask must be"):
+        modulated_deform_conv_packed(x, om[:, :4], kernel, bias)
+    with pytest.raises(ValueError, match="16 input channels do not split into 3 deformable groups"):
+        modulated_deform_conv_packed(x, om[..., :81], kernel, bias)
+    with pytest.raises(ValueError, match=r"bias must be \[16\]"):
+        modulated_deform_conv_packed(x, om, kernel, bias[:3])
 
 
 def _uses_pallas(x, offset, mask, kernel, bias=None, **kw) -> bool:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from edvr_jax.models.layers import Conv2d, Dtype, conv_initializers
-from edvr_jax.ops.deform_conv import modulated_deform_conv
+from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
 
 logger = logging.getLogger("edvr_jax")
 
@@ -55,7 +55,8 @@ class DCNv2Pack(nn.Module):
 
     ``conv_offset(feat)`` gives ``G * 3 * 9`` channels, chunked into ``o1, o2, m``;
     ``offset = concat(o1, o2)`` (torchvision layout, see ``modulated_deform_conv``)
-    and ``mask = sigmoid(m)``. ``conv_offset`` starts at zero.
+    and ``mask = sigmoid(m)``, taken by ``modulated_deform_conv_packed`` from the conv's
+    output as it is. ``conv_offset`` starts at zero.
 
     Sows ``intermediates/offset_absmean`` (mean |offset| over the whole call): read it
     with ``apply(..., mutable=['intermediates'])`` and ``warn_offsets`` (outside jit).
@@ -81,10 +82,7 @@ class DCNv2Pack(nn.Module):
             raise ValueError(f"{in_ch} channels do not split into {self.deformable_groups} deformable groups")
         out = Conv2d(self.deformable_groups * 3 * k * k, k, init="zeros", dtype=self.dtype,
                      param_dtype=self.param_dtype, name="conv_offset")(feat)
-        o1, o2, m = jnp.split(out, 3, axis=-1)
-        offset = jnp.concatenate([o1, o2], axis=-1)
-        mask = jax.nn.sigmoid(m.astype(jnp.float32))
-
+        offset = out[..., : 2 * self.deformable_groups * k * k]  # concat(o1, o2)
         absmean = jnp.mean(jnp.abs(offset.astype(jnp.float32)))
         self.sow("intermediates", "offset_absmean", absmean)
         if self.offset_warning and not self.is_initializing():
@@ -96,5 +94,5 @@ class DCNv2Pack(nn.Module):
         kernel_init, bias_init = conv_initializers("dcn", in_ch * k * k)
         kernel = self.param("kernel", kernel_init, (k, k, in_ch, self.features), self.param_dtype)
         bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
-        return modulated_deform_conv(x.astype(self.dtype), offset, mask, kernel.astype(self.dtype),
-                                     bias, stride=1, padding=1, dilation=1)
+        return modulated_deform_conv_packed(x.astype(self.dtype), out, kernel.astype(self.dtype), bias,
+                                            stride=1, padding=1, dilation=1)

@@ -178,6 +178,7 @@ class _Geometry(NamedTuple):
     groups: int
     chunk: int  # output rows per scan step; ho is padded up to a multiple
     cpu: bool = True  # CPU-tuned channel sums (``_sum_minor``); elsewhere plain ``jnp.sum``
+    taps_major: bool = False  # per-sample arrays [.., K, G] (groups innermost) instead of [.., G, K]
 
 
 # Rows per chunk on CPU: at least two, and at least 2**19 column values (2 MiB in
@@ -190,10 +191,10 @@ _CPU_CHUNK_VALUES = 1 << 19
 def _sample_positions(geo: _Geometry, rows, off: jax.Array, msk: jax.Array):
     """Top-left corners and bilinear terms of the samples of output rows ``rows`` (the DCN's border rules).
 
-    ``off``: ``[..., R, Wo, G, K, 2]``, ``msk``: ``[..., R, Wo, G, K]`` (float32+); ``rows``: the R output
-    row indices (NumPy for constants, jnp for traced or symbolic ones). Returns ``(y0, x0, ly, lx, inside,
-    mi)``: the top-left corner (int32, in ``[-1, H-1]`` x ``[-1, W-1]``), the fractions, whether the sample
-    is inside the image, and the mask zeroed outside it.
+    ``off``: ``[..., R, Wo, G, K, 2]``, ``msk``: ``[..., R, Wo, G, K]`` (float32+; ``[..., K, G, ..]`` with
+    ``geo.taps_major``); ``rows``: the R output row indices (NumPy for constants, jnp for traced or symbolic
+    ones). Returns ``(y0, x0, ly, lx, inside, mi)``: the top-left corner (int32, in ``[-1, H-1]`` x
+    ``[-1, W-1]``), the fractions, whether the sample is inside the image, and the mask zeroed outside it.
     """
     h, w = geo.h, geo.w
     (sh, sw), (ph, pw), (dh, dw) = geo.stride, geo.padding, geo.dilation
@@ -202,8 +203,10 @@ def _sample_positions(geo: _Geometry, rows, off: jax.Array, msk: jax.Array):
     arange = np.arange if isinstance(geo.wo, int) else jnp.arange  # jnp for symbolic (jax.export) widths
     base_x = ((arange(geo.wo) * sw - pw)[:, None] + tap_j * dw).astype(np.float32)  # [Wo, K]
     base_y = (rows * sh - ph)[:, None].astype(off.dtype) + (tap_i * dh).astype(np.float32)  # [R, K]
-    py = base_y[:, None, None, :] + off[..., 0]
-    px = base_x[None, :, None, :] + off[..., 1]
+    if geo.taps_major:
+        py, px = base_y[:, None, :, None] + off[..., 0], base_x[None, :, :, None] + off[..., 1]
+    else:
+        py, px = base_y[:, None, None, :] + off[..., 0], base_x[None, :, None, :] + off[..., 1]
     inside = (py > -1) & (py < h) & (px > -1) & (px < w)
     y0f, x0f = jnp.floor(py), jnp.floor(px)
     # Inside the image y0 is in [-1, H-1]; clipping only moves samples that are
@@ -404,9 +407,10 @@ _deform_conv_image.defvjp(_deform_conv_image_fwd, _deform_conv_image_bwd)
 def _window_coords(geo: _Geometry, off: jax.Array, msk: jax.Array):
     """Every sample's 2x2 window in the zero-padded image and its bilinear terms (whole batch, one chunk).
 
-    ``off``: ``[B, Ho, Wo, G, K, 2]``, ``msk``: ``[B, Ho, Wo, G, K]`` (float32+). Returns ``(corner, ly, lx,
-    inside, mi)``: ``corner [B, Ho, Wo, G, K, 2]`` int32, the (row, column) of the window's top-left pixel in
-    the image padded by one pixel on each side; the others ``[B, Ho, Wo, G, K]`` (``_sample_positions``).
+    ``off``: ``[B, Ho, Wo, G, K, 2]``, ``msk``: ``[B, Ho, Wo, G, K]`` (float32+; ``K, G`` with
+    ``geo.taps_major``). Returns ``(corner, ly, lx, inside, mi)``: ``corner [B, Ho, Wo, G, K, 2]`` int32, the
+    (row, column) of the window's top-left pixel in the image padded by one pixel on each side; the others
+    ``[B, Ho, Wo, G, K]`` (``_sample_positions``); in the same order of ``G`` and ``K`` as the input.
     """
     rows = (np.arange if isinstance(geo.ho, int) else jnp.arange)(geo.ho)
     y0, x0, ly, lx, inside, mi = _sample_positions(geo, rows, off, msk)
@@ -414,13 +418,16 @@ def _window_coords(geo: _Geometry, off: jax.Array, msk: jax.Array):
 
 
 # The padded image as [B, H+2, W+2, G, C/G]; a sample's window is (1, 2, 2, 1, C/G) at (b, y0, x0, g), with
-# the image and the group as batching dimensions shared with the window indices [B, Ho, Wo, G, K, 2].
-_WINDOW_GATHER = jax.lax.GatherDimensionNumbers(
-    offset_dims=(5, 6, 7), collapsed_slice_dims=(), start_index_map=(1, 2),
-    operand_batching_dims=(0, 3), start_indices_batching_dims=(0, 3))
-_WINDOW_SCATTER = jax.lax.ScatterDimensionNumbers(
-    update_window_dims=(5, 6, 7), inserted_window_dims=(), scatter_dims_to_operand_dims=(1, 2),
-    operand_batching_dims=(0, 3), scatter_indices_batching_dims=(0, 3))
+# the image and the group as batching dimensions shared with the window indices [B, Ho, Wo, G, K, 2]
+# (or [B, Ho, Wo, K, G, 2]: ``_window_dims(taps_major=True)``).
+def _window_dims(taps_major: bool):
+    group = 4 if taps_major else 3
+    return (jax.lax.GatherDimensionNumbers(
+                offset_dims=(5, 6, 7), collapsed_slice_dims=(), start_index_map=(1, 2),
+                operand_batching_dims=(0, 3), start_indices_batching_dims=(0, group)),
+            jax.lax.ScatterDimensionNumbers(
+                update_window_dims=(5, 6, 7), inserted_window_dims=(), scatter_dims_to_operand_dims=(1, 2),
+                operand_batching_dims=(0, 3), scatter_indices_batching_dims=(0, group)))
 
 
 def _padded_groups(x: jax.Array, groups: int) -> jax.Array:
@@ -428,10 +435,11 @@ def _padded_groups(x: jax.Array, groups: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b, h + 2, w + 2, groups, c // groups)
 
 
-def _windows(x: jax.Array, corner: jax.Array, groups: int) -> jax.Array:
-    """``[B, Ho, Wo, G, K, 2, 2, C/G]``: each sample's four corners, one 2x2 window gather."""
-    xg = _padded_groups(x, groups)
-    return jax.lax.gather(xg, corner, _WINDOW_GATHER, slice_sizes=(1, 2, 2, 1, xg.shape[-1]),
+def _windows(x: jax.Array, corner: jax.Array, geo: _Geometry) -> jax.Array:
+    """``[B, Ho, Wo, G, K, 2, 2, C/G]`` (``K, G`` if ``geo.taps_major``): each sample's four corners, one 2x2
+    window gather."""
+    xg = _padded_groups(x, geo.groups)
+    return jax.lax.gather(xg, corner, _window_dims(geo.taps_major)[0], slice_sizes=(1, 2, 2, 1, xg.shape[-1]),
                           mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
@@ -448,6 +456,11 @@ def _rounded_corner_weights(ly, lx, mi, dtype) -> list[jax.Array]:
 #: the four corner sums ``S_q = <g_cols, v_q>`` first, then the bilinear terms per sample; "direct": one fused
 #: channel sum per gradient, as on CPU (one XLA fusion at 110 registers per thread on sm_90).
 OFFSET_GRAD_ENV = "EDVR_JAX_DCN_OFFSET_GRAD"
+#: Accelerator gather path, for measurement: the order of the per-sample arrays. "gk" (default): ``[.., G, K]``
+#: as the offsets come, so the samples that neighbouring GPU threads gather and scatter are the taps of one
+#: group; "kg": ``[.., K, G]`` (offsets, mask and kernel rows reordered), the groups of one tap, which sample
+#: adjacent channels of nearby pixels.
+SAMPLE_ORDER_ENV = "EDVR_JAX_DCN_SAMPLE_ORDER"
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -460,7 +473,7 @@ def _deform_conv_accel(x, off, msk, wmat, geo: _Geometry):
 def _deform_conv_accel_fwd(x, off, msk, wmat, geo):
     acc_t = jnp.promote_types(x.dtype, jnp.float32)
     corner, ly, lx, _, mi = _window_coords(geo, off, msk)
-    win = _windows(x, corner, geo.groups)
+    win = _windows(x, corner, geo)
     wts = _rounded_corner_weights(ly, lx, mi, x.dtype)
     cols = sum(wq[..., None] * win[..., q // 2, q % 2, :] for q, wq in enumerate(wts))
     cols = cols.reshape(-1, wmat.shape[0])
@@ -479,7 +492,7 @@ def _deform_conv_accel_bwd(geo, res, g_out):
     corner, ly, lx, inside, mi = _window_coords(geo, off, msk)
     g_cols = jnp.dot(g, wmat.T, preferred_element_type=acc_t).astype(x.dtype)
     g_cols = g_cols.reshape(corner.shape[:-1] + (c // geo.groups,)).astype(acc_t)
-    win = _windows(x, corner, geo.groups).astype(acc_t)
+    win = _windows(x, corner, geo).astype(acc_t)
     corners = [win[..., 0, 0, :], win[..., 0, 1, :], win[..., 1, 0, :], win[..., 1, 1, :]]
     if os.environ.get(OFFSET_GRAD_ENV, "sums") == "direct":
         g_py, g_px, g_msk = _fused_offset_mask_grads(g_cols, corners, ly, lx, inside, mi, geo)
@@ -490,7 +503,7 @@ def _deform_conv_accel_bwd(geo, res, g_out):
     wts = jnp.stack([jnp.stack([w00, w01], axis=-1), jnp.stack([w10, w11], axis=-1)], axis=-2)
     updates = wts[..., None] * g_cols[..., None, None, :]
     g_xg = jax.lax.scatter_add(jnp.zeros((b, h + 2, w + 2, geo.groups, c // geo.groups), acc_t), corner, updates,
-                               _WINDOW_SCATTER, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+                               _window_dims(geo.taps_major)[1], mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     g_x = g_xg.reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(x.dtype)
     g_off = jnp.stack([g_py, g_px], axis=-1).astype(off.dtype)
     return g_x, g_off, g_msk.astype(msk.dtype), g_wmat.astype(wmat.dtype)
@@ -621,8 +634,8 @@ def _split_vjp(forward, backward_of, primal=None):
     ``backward_of``'s own forward output is unused in the backward pass and removed by XLA.
     """
     @jax.custom_vjp
-    def dcn(x, offset, mask, kernel, bias):
-        return (primal or forward)(x, offset, mask, kernel, bias)
+    def dcn(*args):
+        return (primal or forward)(*args)
 
     def dcn_fwd(*args):
         return forward(*args), args
@@ -648,15 +661,21 @@ def _gather_path(x, offset, mask, kernel, bias, *, geo_args, chunk_rows, form):
         chunk = min(max(2, _CPU_CHUNK_VALUES // (b * wo * k * c)), ho) if cpu else ho
     else:
         chunk = min(int(chunk_rows), ho)
-    geo = _Geometry(h, w, ho, wo, kh, kw, stride, padding, dilation, groups, chunk, cpu)
+    accel = form == "gpu" and chunk == ho
+    taps_major = accel and os.environ.get(SAMPLE_ORDER_ENV, "gk") == "kg"
+    geo = _Geometry(h, w, ho, wo, kh, kw, stride, padding, dilation, groups, chunk, cpu, taps_major)
     # Coordinates, weights and accumulation in at least float32 (float64 stays float64).
     coord_t = jnp.promote_types(offset.dtype, jnp.float32)
     acc_t = jnp.promote_types(x.dtype, jnp.float32)
     off = offset.astype(coord_t).reshape(b, ho, wo, groups, k, 2)
     m = mask.astype(coord_t).reshape(b, ho, wo, groups, k)
-    # One matmul over (g, k, c); the kernel is reordered to match, not the columns.
+    # One matmul over (g, k, c) (or (k, g, c)); the kernel is reordered to match, not the columns.
     cg = c // groups
-    wmat = jnp.transpose(kernel.astype(x.dtype).reshape(k, groups, cg, out_ch), (1, 0, 2, 3))
+    wmat = kernel.astype(x.dtype).reshape(k, groups, cg, out_ch)
+    if taps_major:
+        off, m = jnp.swapaxes(off, 3, 4), jnp.swapaxes(m, 3, 4)
+    else:
+        wmat = jnp.transpose(wmat, (1, 0, 2, 3))
     wmat = wmat.reshape(groups * k * cg, out_ch)
     if cpu or chunk < ho:
         out = jax.vmap(_deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
@@ -676,10 +695,12 @@ def _pallas_path(x, offset, mask, kernel, bias, *, geo_args, interpret, config):
     # Offsets and mask are read in their own dtype and converted to float32 in the kernel.
     float_t = lambda a: a if a.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) else a.astype(jnp.float32)  # noqa: E731
     off = float_t(offset).reshape(n, -1)
-    msk = float_t(mask).reshape(n, -1)
     kern = kernel.astype(x.dtype).reshape(kh * kw, c, out_ch)
     bias = jnp.zeros((out_ch,), jnp.float32) if bias is None else bias.astype(jnp.float32)
-    out = _pallas_dcn(x, off, msk, kern, bias, dims, config, interpret)
+    if mask is None:  # ``offset``: offsets and mask logits in one array; the forward kernel only
+        out = deform_conv_pallas.forward(x, off, None, kern, bias, dims, config, interpret)
+    else:
+        out = _pallas_dcn(x, off, float_t(mask).reshape(n, -1), kern, bias, dims, config, interpret)
     return out.reshape(b, ho, wo, out_ch)
 
 
@@ -735,6 +756,46 @@ def modulated_deform_conv(
 
     The number of deformable groups ``G`` is ``mask.shape[-1] // (kh * kw)``.
     """
+    b, ho, wo, k = _check_conv(x, kernel, bias, stride, padding, dilation, chunk_rows)
+    if mask.ndim != 4 or mask.shape[:3] != (b, ho, wo) or mask.shape[-1] % k:
+        raise ValueError(
+            f"mask must be [B, Ho, Wo, G*{k}] = [{b}, {ho}, {wo}, G*{k}], got {mask.shape}")
+    groups = mask.shape[-1] // k
+    if offset.shape != (b, ho, wo, groups * k * 2):
+        raise ValueError(
+            f"offset must be [B, Ho, Wo, G*{k}*2] = {(b, ho, wo, groups * k * 2)}, got {offset.shape}")
+    return _dispatch(x, (offset, mask), kernel, bias, groups, stride=stride, padding=padding, dilation=dilation,
+                     chunk_rows=chunk_rows, impl=impl, pallas_config=pallas_config)
+
+
+def modulated_deform_conv_packed(
+    x: jax.Array,
+    offset_mask: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None = None,
+    **kwargs,
+) -> jax.Array:
+    """``modulated_deform_conv`` with the offsets and the mask as BasicSR's ``DCNv2Pack`` predicts them.
+
+    ``offset_mask``: ``[B, Ho, Wo, 3 * G * kh * kw]``, one conv's output: the first ``2 * G * kh * kw``
+    channels are the offsets (``modulated_deform_conv``'s layout; BasicSR's ``cat(o1, o2)``), the last
+    ``G * kh * kw`` the mask's logits; the mask is their sigmoid, in float32. The same function as
+    ``modulated_deform_conv(x, offset_mask[..., :2GK], sigmoid(offset_mask[..., 2GK:]), ...)``, with the same
+    keyword arguments; the difference is where the Pallas forward kernel runs (bf16 inference on CUDA): it
+    reads this array in place, where the split would first write the offsets and the mask to memory
+    (XLA cannot fuse producers into a kernel's operands).
+    """
+    kh, kw = kernel.shape[:2] if kernel.ndim == 4 else (0, 0)
+    b, ho, wo, k = _check_conv(x, kernel, bias, kwargs.get("stride", 1), kwargs.get("padding", 1),
+                               kwargs.get("dilation", 1), kwargs.get("chunk_rows"))
+    if offset_mask.ndim != 4 or offset_mask.shape[:3] != (b, ho, wo) or offset_mask.shape[-1] % (3 * k):
+        raise ValueError(f"offset_mask must be [B, Ho, Wo, 3*G*{kh}*{kw}] = [{b}, {ho}, {wo}, G*{3 * k}], "
+                         f"got {offset_mask.shape}")
+    return _dispatch(x, (offset_mask,), kernel, bias, offset_mask.shape[-1] // (3 * k), **kwargs)
+
+
+def _check_conv(x, kernel, bias, stride, padding, dilation, chunk_rows) -> tuple[int, int, int, int]:
+    """``(B, Ho, Wo, kh * kw)`` of a DCN call, or a ValueError naming the argument that does not fit."""
     if x.ndim != 4:
         raise ValueError(f"x must be [B, H, W, C], got shape {x.shape}")
     if kernel.ndim != 4:
@@ -743,48 +804,58 @@ def modulated_deform_conv(
     kh, kw, kc, out_ch = kernel.shape
     if kc != c:
         raise ValueError(f"kernel expects {kc} input channels, x has {c} (x {x.shape}, kernel {kernel.shape})")
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-    ho, wo = _output_size(h, kh, sh, ph, dh), _output_size(w, kw, sw, pw, dw)
-    k = kh * kw
-    if mask.ndim != 4 or mask.shape[:3] != (b, ho, wo) or mask.shape[-1] % k:
-        raise ValueError(
-            f"mask must be [B, Ho, Wo, G*{k}] = [{b}, {ho}, {wo}, G*{k}], got {mask.shape}")
-    groups = mask.shape[-1] // k
-    if offset.shape != (b, ho, wo, groups * k * 2):
-        raise ValueError(
-            f"offset must be [B, Ho, Wo, G*{k}*2] = {(b, ho, wo, groups * k * 2)}, got {offset.shape}")
-    if c % groups:
-        raise ValueError(f"{c} input channels do not split into {groups} deformable groups")
     if bias is not None and bias.shape != (out_ch,):
         raise ValueError(f"bias must be [{out_ch}], got {bias.shape}")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    return b, _output_size(h, kh, sh, ph, dh), _output_size(w, kw, sw, pw, dw), kh * kw
+
+
+def _dispatch(x, data, kernel, bias, groups, *, stride=1, padding=1, dilation=1, chunk_rows=None, impl="auto",
+              pallas_config=None):
+    """The DCN on ``data``: ``(offset, mask)``, or ``(offset_mask,)`` (``modulated_deform_conv_packed``), with
+    the implementation ``impl`` picks per lowering platform (``modulated_deform_conv``'s docstring)."""
+    if x.shape[-1] % groups:
+        raise ValueError(f"{x.shape[-1]} input channels do not split into {groups} deformable groups")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
         impl = os.environ.get(IMPL_ENV, "auto") or "auto"
         if impl not in IMPLS:
             raise ValueError(f"{IMPL_ENV} must be one of {IMPLS}, got {impl!r}")
+    h, w = x.shape[1:3]
+    kh, kw, _, out_ch = kernel.shape
+    geo_args = (h, w, kh, kw, _pair(stride), _pair(padding), _pair(dilation), groups)
+    packed = len(data) == 1
+    n_off = 2 * groups * kh * kw
 
-    geo_args = (h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw), groups)
-    gather_cpu, gather_accel, gather_tpu = (partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows, form=f)
-                                            for f in ("cpu", "gpu", "tpu"))
+    def split(dcn):  # a DCN of (x, offset, mask, kernel, bias) as one of (x, *data, kernel, bias)
+        if not packed:
+            return dcn
+        return lambda x, om, kernel, bias: dcn(x, om[..., :n_off], jax.nn.sigmoid(om[..., n_off:].astype(
+            jnp.float32)), kernel, bias)
+
+    gather_cpu, gather_accel, gather_tpu = (split(partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows,
+                                                          form=f)) for f in ("cpu", "gpu", "tpu"))
     branches = dict(cpu=gather_cpu, tpu=gather_tpu, default=gather_accel)
     if impl != "gather" and deform_conv_pallas.supports(x.shape, x.dtype, out_ch, groups) is None:
         config = pallas_config or deform_conv_pallas.config_for(x.dtype)
 
-        def kernels(interpret):
+        def forward_kernel(interpret):  # reads packed offsets and mask logits in place; no backward of its own
             pallas = partial(_pallas_path, geo_args=geo_args, config=config, interpret=interpret)
+            return (lambda x, om, kernel, bias: pallas(x, om, None, kernel, bias)) if packed else pallas
+
+        def kernels(interpret):
+            pallas = split(partial(_pallas_path, geo_args=geo_args, config=config, interpret=interpret))
             if impl == "pallas-forward":
-                return _split_vjp(pallas, gather_accel)
+                return _split_vjp(forward_kernel(interpret), gather_accel)
             if impl == "pallas-backward":
                 return _split_vjp(gather_accel, pallas)
-            return pallas
+            return _split_vjp(pallas, pallas, primal=forward_kernel(interpret)) if packed else pallas
 
         if impl != "auto":
             branches = dict(cuda=kernels(interpret=False), default=kernels(interpret=True))  # interpret off CUDA
         elif x.dtype in (jnp.bfloat16, jnp.float16):  # the kernels for inference, the gather for training
-            branches["cuda"] = _split_vjp(gather_accel, gather_accel, primal=kernels(interpret=False))
-    return jax.lax.platform_dependent(x, offset, mask, kernel, bias, **branches)
+            branches["cuda"] = _split_vjp(gather_accel, gather_accel, primal=forward_kernel(interpret=False))
+    return jax.lax.platform_dependent(x, *data, kernel, bias, **branches)

@@ -153,11 +153,13 @@ def _table(x: jax.Array) -> jax.Array:
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(-1, x.shape[-1])
 
 
-def _tap_terms(d: Dims, k, p, off_ref, msk_ref, g0, gc: int):
+def _tap_terms(d: Dims, k, p, off_ref, msk_ref, g0, gc: int, packed: bool = False):
     """Per (pixel, group) sample terms of tap ``k``, groups ``g0 .. g0 + gc``, pixels ``p`` ``[P]`` (``< N``).
 
     Returns ``(top_left [P, gc] int32 table rows, ly, lx, inside, mi [P, gc] float32)``; ``k`` and
-    ``g0`` may be traced scalars (program ids, loop indices) or Python ints.
+    ``g0`` may be traced scalars (program ids, loop indices) or Python ints. ``packed``: ``off_ref`` and
+    ``msk_ref`` are both the ``[N, 3*G*K]`` offsets-and-mask-logits array (``forward``), the mask its
+    sigmoid.
     """
     kk = d.kh * d.kw
     (sh, sw), (ph, pw), (dh, dw) = d.stride, d.pad, d.dil
@@ -170,7 +172,9 @@ def _tap_terms(d: Dims, k, p, off_ref, msk_ref, g0, gc: int):
     rows = p[:, None]
     dy = plgpu.load(off_ref.at[rows, (2 * gk)[None, :]]).astype(jnp.float32)
     dx = plgpu.load(off_ref.at[rows, (2 * gk + 1)[None, :]]).astype(jnp.float32)
-    m = plgpu.load(msk_ref.at[rows, gk[None, :]]).astype(jnp.float32)
+    m = plgpu.load(msk_ref.at[rows, ((2 * d.g * kk if packed else 0) + gk)[None, :]]).astype(jnp.float32)
+    if packed:
+        m = 1.0 / (1.0 + jnp.exp(-m))
     py = (oy * sh - ph + ti * dh).astype(jnp.float32)[:, None] + dy
     px = (ox * sw - pw + tj * dw).astype(jnp.float32)[:, None] + dx
     inside = (py > -1) & (py < d.h) & (px > -1) & (px < d.w)
@@ -209,7 +213,7 @@ def _block_c(d: Dims, cfg: PallasConfig) -> int:
 
 
 def _fwd_kernel(table_ref, off_ref, msk_ref, w_ref, b_ref, out_ref, *, d: Dims, n: int, block_p: int,
-                block_c: int, tap_loop: bool):
+                block_c: int, tap_loop: bool, packed: bool):
     cg = d.c // d.g
     gc, n_ch = block_c // cg, d.c // block_c
     rows_out = pl.program_id(0) * block_p + jnp.arange(block_p, dtype=jnp.int32)
@@ -217,7 +221,7 @@ def _fwd_kernel(table_ref, off_ref, msk_ref, w_ref, b_ref, out_ref, *, d: Dims, 
 
     def step(kc, acc):  # one (tap, channel block)
         k, ch = (kc // n_ch, kc % n_ch) if isinstance(kc, int) else (jax.lax.div(kc, n_ch), jax.lax.rem(kc, n_ch))
-        _, top_left, ly, lx, _, mi = _tap_terms(d, k, p, off_ref, msk_ref, ch * gc, gc)
+        _, top_left, ly, lx, _, mi = _tap_terms(d, k, p, off_ref, msk_ref, ch * gc, gc, packed)
         col = (ch * block_c + jnp.arange(block_c, dtype=jnp.int32))[None, :]
         hy, hx = 1.0 - ly, 1.0 - lx
         weights = (hy * hx * mi, hy * lx * mi, ly * hx * mi, ly * lx * mi)
@@ -297,10 +301,21 @@ def _interpret() -> bool:
 
 def forward(x, off, msk, kern, bias, d: Dims, cfg: PallasConfig, interpret: bool):
     """``x [B, H, W, C]``, ``off [N, G*K*2]``, ``msk [N, G*K]`` (float32), ``kern [K, C, O]`` (x.dtype),
-    ``bias [O]`` (float32) -> ``[N, O]`` in ``x.dtype``."""
+    ``bias [O]`` (float32) -> ``[N, O]`` in ``x.dtype``.
+
+    ``msk=None``: ``off`` is ``[N, 3*G*K]``, the offsets followed by the mask's logits (BasicSR's
+    ``DCNv2Pack`` predicts both with one conv), read in place with the sigmoid taken in the kernel: no
+    sliced copies of the offsets and the mask are written first (XLA cannot fuse them into the kernel).
+    """
     n = d.b * d.ho * d.wo
     block_p = cfg.block_p
-    kernel = partial(_fwd_kernel, d=d, n=n, block_p=block_p, block_c=_block_c(d, cfg), tap_loop=cfg.tap_loop)
+    packed = msk is None
+    kernel = partial(_fwd_kernel, d=d, n=n, block_p=block_p, block_c=_block_c(d, cfg), tap_loop=cfg.tap_loop,
+                     packed=packed)
+    operands = (_table(x), off, kern, bias.reshape(1, d.o)) if packed else (_table(x), off, msk, kern,
+                                                                             bias.reshape(1, d.o))
+    if packed:  # one operand, read as both the offsets and the mask logits
+        kernel = partial(lambda fwd, table_ref, om_ref, *refs: fwd(table_ref, om_ref, om_ref, *refs), kernel)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((pl.cdiv(n, block_p) * block_p, d.o), x.dtype),
@@ -308,7 +323,7 @@ def forward(x, off, msk, kern, bias, d: Dims, cfg: PallasConfig, interpret: bool
         compiler_params=plgpu.CompilerParams(num_warps=cfg.warps, num_stages=cfg.stages),
         interpret=interpret,
         name="dcn_fwd",
-    )(_table(x), off, msk, kern, bias.reshape(1, d.o))
+    )(*operands)
     return out if out.shape[0] == n else out[:n]
 
 
