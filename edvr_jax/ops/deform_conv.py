@@ -130,6 +130,18 @@ training 3.98 GB at 4 clips, 5.94 GB at 8, 12.56 GB at 16; inference 4.42 GB
 (one clip, f32); data-parallel over 4 chips the batch splits with no collective
 but the gradient all-reduce. Its TPU speed is unmeasured.
 
+``modulated_deform_conv_packed`` takes the offsets and the mask's logits in one array, as BasicSR's
+``DCNv2Pack`` predicts them with one conv (EDVR's DCNs call it). The gather splits it and takes the sigmoid
+(fused by XLA into its consumers, so the same program as before); the Pallas forward kernel reads the array
+in place and takes the sigmoid itself, since a kernel's operands are materialised: before, bf16 inference
+wrote each 180x320-level DCN's offsets (bf16) and mask (float32) as separate copies first, 1.3 GB per call
+at 8 clips. Deviceless H200 bytes estimate of the 8-clip bf16 inference: 11.69 -> 9.93 ms (not a
+measurement). ``EDVR_JAX_DCN_SAMPLE_ORDER=kg`` orders the GPU gather's per-sample arrays [.., K, G] instead
+of [.., G, K] (same results; 0.3 ms more of bytes in the training step for the transposes): for measuring
+whether the atomics of the input-gradient scatter, 3 ms per 64x64-level DCN in the bf16 training step at
+batch 32 on an H200 (~8x its bytes estimate), gain from neighbouring threads updating adjacent channels of
+one pixel (``benchmarks/gather_ab.py sample-order``); unmeasured so far.
+
 Why the kernels exist (from the H200 profile in ``shared/reference/gpu-h200.md``,
 before they were written): the gather
 forward wrote 2.65 GB of bf16 im2col columns per EDVR-M inference call (34 % of
