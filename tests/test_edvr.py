@@ -248,6 +248,33 @@ def test_modules_alone():
     assert run(PredeblurModule(16, hr_in=True), (2, 32, 48, 3)) == (2, 8, 12, 16)
 
 
+def test_conv_of_parts_and_per_clip_references():
+    """``Conv2d`` on parts equals the conv of their concatenation (a per-clip part broadcast over its
+    clip's frames); ``PCDAlignment`` with one reference per clip equals it with the reference repeated per
+    frame (float32; the same parameters)."""
+    import flax.linen as nn
+
+    from edvr_jax.models.layers import Conv2d
+
+    keys = jax.random.split(jax.random.key(9), 3)
+    frames, ref = jax.random.normal(keys[0], (6, 8, 10, 16)), jax.random.normal(keys[1], (2, 8, 10, 8))
+    repeated = jnp.repeat(ref, 3, axis=0)  # clips of 3 frames
+    conv = Conv2d(12)
+    v = nn.Module.init(conv, keys[2], jnp.concatenate([frames, repeated], axis=-1))  # Conv2d.init: its initialiser
+    whole = conv.apply(v, jnp.concatenate([frames, repeated], axis=-1))
+    np.testing.assert_allclose(np.asarray(conv.apply(v, (frames, ref))), np.asarray(whole), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="a part of 4 images does not divide the 6 images"):
+        conv.apply(v, (frames, jnp.zeros((4, 8, 10, 8))))
+
+    pcd = PCDAlignment(16, 8)
+    nbrs = [jax.random.normal(jax.random.fold_in(keys[0], i), (6, 16 >> i, 16 >> i, 16)) for i in range(3)]
+    refs = [f[1::3] for f in nbrs]  # each clip's second frame
+    pv = pcd.init(keys[2], nbrs, [jnp.repeat(r, 3, axis=0) for r in refs])
+    pv = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(keys[1], a.shape), pv)  # offsets: not all zero
+    per_frame = pcd.apply(pv, nbrs, [jnp.repeat(r, 3, axis=0) for r in refs])
+    np.testing.assert_allclose(np.asarray(pcd.apply(pv, nbrs, refs)), np.asarray(per_frame), rtol=1e-4, atol=1e-5)
+
+
 def test_presets_are_known():
     assert set(PRESETS) >= {"edvr_m", "edvr_l", "edvr_l_deblur", "edvr_l_stage2"}
     with pytest.raises(KeyError, match="unknown EDVR preset"):

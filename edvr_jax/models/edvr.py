@@ -129,10 +129,10 @@ class EDVR(nn.Module):
         feat_l2 = lrelu(conv("conv_l2_2")(lrelu(conv("conv_l2_1", s=2)(feat_l1))))
         feat_l3 = lrelu(conv("conv_l3_2")(lrelu(conv("conv_l3_1", s=2)(feat_l2))))
 
-        # Every frame (the reference too) is aligned to the reference in one batched call.
+        # Every frame (the reference too) is aligned to the reference in one batched call; the references
+        # go in once per clip.
         feats = (feat_l1, feat_l2, feat_l3)
-        refs = [einops.repeat(einops.rearrange(f, "(b t) h w c -> b t h w c", t=t)[:, self.center],
-                              "b h w c -> (b t) h w c", t=t) for f in feats]
+        refs = [einops.rearrange(f, "(b t) h w c -> b t h w c", t=t)[:, self.center] for f in feats]
         aligned = PCDAlignment(nf, self.deformable_groups, offset_warning=self.offset_warning, dtype=dt,
                                name="pcd_align")(feats, refs)
         aligned = einops.rearrange(aligned, "(b t) h w c -> b t h w c", t=t)

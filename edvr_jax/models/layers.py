@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -52,6 +52,12 @@ class Conv2d(nn.Module):
     """``torch.nn.Conv2d(in, features, k, stride, padding=k // 2)`` in NHWC.
 
     Params: ``kernel`` ``[k, k, in, features]``, ``bias`` ``[features]``.
+
+    Called with a sequence of parts instead of one ``[N, H, W, C]`` array, it is the conv of their
+    concatenation along channels, computed part by part (each part against its slice of the kernel, in the
+    compute dtype, the results summed in float32), so the concatenation is never written. A part may hold ``N / T`` images, one per group of
+    ``T`` consecutive images (a clip's reference frame beside its ``T`` frames): it is convolved once per
+    group and broadcast, instead of ``T`` times.
     """
 
     features: int
@@ -62,17 +68,32 @@ class Conv2d(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array | Sequence[jax.Array]) -> jax.Array:
+        parts = [x] if isinstance(x, jax.Array) else list(x)
+        in_ch = sum(p.shape[-1] for p in parts)
         k = self.kernel_size
-        fan_in = x.shape[-1] * k * k
-        kernel_init, bias_init = conv_initializers(self.init, fan_in)
-        kernel = self.param("kernel", kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        kernel_init, bias_init = conv_initializers(self.init, in_ch * k * k)
+        kernel = self.param("kernel", kernel_init, (k, k, in_ch, self.features), self.param_dtype)
         bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         pad = k // 2
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-            ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias.astype(self.dtype)
+
+        def conv(part, w, **kw):
+            return jax.lax.conv_general_dilated(
+                part.astype(self.dtype), w.astype(self.dtype), (self.stride, self.stride),
+                ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"), **kw)
+
+        if len(parts) == 1:
+            return conv(parts[0], kernel) + bias.astype(self.dtype)
+        n = max(p.shape[0] for p in parts)
+        y, c0 = bias.astype(jnp.float32), 0
+        for p in parts:
+            if n % p.shape[0]:
+                raise ValueError(f"{self.name}: a part of {p.shape[0]} images does not divide the {n} images of "
+                                 f"the others (parts {[tuple(q.shape) for q in parts]})")
+            yp = conv(p, kernel[:, :, c0:c0 + p.shape[-1]]).astype(jnp.float32)
+            y = y + jnp.repeat(yp, n // p.shape[0], axis=0)
+            c0 += p.shape[-1]
+        return y.astype(self.dtype)
 
 
 class ResidualBlockNoBN(nn.Module):

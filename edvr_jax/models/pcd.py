@@ -13,6 +13,12 @@ from edvr_jax.models.layers import Conv2d, Dtype, lrelu
 from edvr_jax.ops.resize import upsample_bilinear
 
 
+def _pair(nbr: jax.Array, ref: jax.Array):
+    """A conv's input ``concat(nbr, ref)``: as one array when ``ref`` is per neighbour, as ``Conv2d`` parts
+    when it is per clip."""
+    return jnp.concatenate([nbr, ref], axis=-1) if ref.shape[0] == nbr.shape[0] else (nbr, ref)
+
+
 class PCDAlignment(nn.Module):
     """Aligns neighbour features to reference features, coarse (L3) to fine (L1).
 
@@ -28,7 +34,11 @@ class PCDAlignment(nn.Module):
     @nn.compact
     def __call__(self, nbr_feats: Sequence[jax.Array], ref_feats: Sequence[jax.Array]) -> jax.Array:
         """nbr_feats, ref_feats: (L1, L2, L3) features, each ``[N, h_l, w_l, C]`` with
-        ``h_l = H / 2**(l-1)``. Returns the aligned L1 feature ``[N, H, W, C]``."""
+        ``h_l = H / 2**(l-1)``. Returns the aligned L1 feature ``[N, H, W, C]``.
+
+        ``ref_feats`` may also be ``[N / T, h_l, w_l, C]``: one reference per group of ``T`` consecutive
+        neighbours (one per clip, as ``EDVR`` passes them); the offset convs then take the reference's half
+        of their input once per clip instead of once per frame (``Conv2d`` with parts). Same result."""
         conv = lambda name: Conv2d(self.num_feat, dtype=self.dtype, name=name)  # noqa: E731
         dcn = lambda name: DCNv2Pack(self.num_feat, self.deformable_groups,  # noqa: E731
                                      offset_warning=self.offset_warning, dtype=self.dtype, name=name)
@@ -36,7 +46,7 @@ class PCDAlignment(nn.Module):
         for i in (3, 2, 1):
             level = f"l{i}"
             nbr, ref = nbr_feats[i - 1], ref_feats[i - 1]
-            offset = lrelu(conv(f"offset_conv1_{level}")(jnp.concatenate([nbr, ref], axis=-1)))
+            offset = lrelu(conv(f"offset_conv1_{level}")(_pair(nbr, ref)))
             if i == 3:
                 offset = lrelu(conv(f"offset_conv2_{level}")(offset))
             else:
@@ -51,6 +61,5 @@ class PCDAlignment(nn.Module):
                 up_offset = upsample_bilinear(offset, 2) * 2
                 up_feat = upsample_bilinear(feat, 2)
 
-        offset = jnp.concatenate([feat, ref_feats[0]], axis=-1)
-        offset = lrelu(conv("cas_offset_conv2")(lrelu(conv("cas_offset_conv1")(offset))))
+        offset = lrelu(conv("cas_offset_conv2")(lrelu(conv("cas_offset_conv1")(_pair(feat, ref_feats[0])))))
         return lrelu(dcn("cas_dcnpack")(feat, offset))
