@@ -845,8 +845,12 @@ def _dispatch(x, data, kernel, bias, groups, *, stride=1, padding=1, dilation=1,
     def split(dcn):  # a DCN of (x, offset, mask, kernel, bias) as one of (x, *data, kernel, bias)
         if not packed:
             return dcn
-        return lambda x, om, kernel, bias: dcn(x, om[..., :n_off], jax.nn.sigmoid(om[..., n_off:].astype(
-            jnp.float32)), kernel, bias)
+        def unpacked(x, om, kernel, bias):
+            # jnp.split, not two slices: its gradient is one concatenate (two slices' is a sum of two padded
+            # arrays, which XLA fused with the conv's bias reduction into a kernel that spills registers).
+            offset, logits = jnp.split(om, [n_off], axis=-1)
+            return dcn(x, offset, jax.nn.sigmoid(logits.astype(jnp.float32)), kernel, bias)
+        return unpacked
 
     gather_cpu, gather_accel, gather_tpu = (split(partial(_gather_path, geo_args=geo_args, chunk_rows=chunk_rows,
                                                           form=f)) for f in ("cpu", "gpu", "tpu"))
