@@ -547,6 +547,8 @@ _TPU_MIN_TABLE_PIXELS = 2048
 
 
 def _tpu_table_pixels(h: int, w: int) -> int:
+    if not (isinstance(h, int) and isinstance(w, int)):  # symbolic (jax.export) sizes: no comparison, no padding
+        return (h + 2) * (w + 2)
     return max((h + 2) * (w + 2), _TPU_MIN_TABLE_PIXELS)
 
 
