@@ -193,6 +193,23 @@ def kernel_profile(call, calls: int = 3, trace_dir: str | None = None) -> dict |
             "categories": categories}
 
 
+def dcn_inputs(shape, dt):
+    """One DCN's ``(x, offset, mask, kernel, bias)`` for ``x`` of ``shape`` (8 groups, C -> C, 3x3): offsets
+    N(0, 2) px in float32, the mask a sigmoid of N(0, 1), the kernel N(0, 0.05), no bias."""
+    b, h, w, c = shape
+    keys = jax.random.split(jax.random.key(1), 4)
+    x = jax.random.normal(keys[0], (b, h, w, c), dt)
+    off = 2.0 * jax.random.normal(keys[1], (b, h, w, 8 * 18))
+    mask = jax.nn.sigmoid(jax.random.normal(keys[2], (b, h, w, 8 * 9)))
+    kern = (0.05 * jax.random.normal(keys[3], (3, 3, c, c))).astype(dt)
+    return x, off, mask, kern, jnp.zeros((c,), dt)
+
+
+def conv3x3(x, k):
+    """The plain conv of a DCN's shape (stride 1, padding 1), the DCN's yardstick."""
+    return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def count_flops(fn, *args) -> float:
     """Multiply-add FLOPs (x2) of the convolutions and matmuls in ``fn``'s jaxpr (cond: the larger
     branch; scan: its body times its length).
@@ -295,24 +312,11 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
     shapes = [(1, 12, 16, 16)] if tiny else [(16, 64, 64, 64), (1, 180, 320, 64), (1, 180, 320, 128)]
     impls = ["gather", "pallas"]
 
-    def dcn_case(shape, dt):
-        b, h, w, c = shape
-        keys = jax.random.split(jax.random.key(1), 4)
-        x = jax.random.normal(keys[0], (b, h, w, c), dt)
-        off = 2.0 * jax.random.normal(keys[1], (b, h, w, 8 * 18))  # float32 offsets, a few pixels
-        mask = jax.nn.sigmoid(jax.random.normal(keys[2], (b, h, w, 8 * 9)))
-        kern = (0.05 * jax.random.normal(keys[3], (3, 3, c, c))).astype(dt)
-        bias = jnp.zeros((c,), dt)
-        return x, off, mask, kern, bias
-
-    def conv3x3(x, k):
-        return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
     def f32sum(y):
         return y.astype(jnp.float32).sum()
 
     # Correctness on this device: Pallas against the gather, values and all gradients.
-    x, off, mask, kern, bias = dcn_case(shapes[0], jnp.float32)
+    x, off, mask, kern, bias = dcn_inputs(shapes[0], jnp.float32)
     vg = {impl: jax.jit(jax.value_and_grad(
         lambda *a, impl=impl: jnp.sum(jnp.sin(modulated_deform_conv(*a, impl=impl))), argnums=(0, 1, 2, 3, 4)))
         for impl in impls}
@@ -344,7 +348,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
                 if skip(need_s, f"DCN {shape} {jnp.dtype(dt).name}"):
                     continue
                 tag = f"{shape} {jnp.dtype(dt).name}"
-                x, off, mask, kern, bias = dcn_case(shape, dt)
+                x, off, mask, kern, bias = dcn_inputs(shape, dt)
                 conv_f = jax.jit(conv3x3)
                 conv_g = jax.jit(jax.grad(lambda x, k: f32sum(conv3x3(x, k)), argnums=(0, 1)))
                 tc, _ = time_jax(conv_f, x, kern)
@@ -427,7 +431,7 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
         with with_impl(impl):
             compiled = jax.jit(fn).lower(params, x).compile()
         ms, _ = time_jax(compiled, params, x)
-        return ms, flops_of(fn, params, x), (compiled, x)
+        return ms, flops_of(fn, params, x), functools.partial(compiled, params, x)
 
     def jax_train(batch, dt, impl):
         model = EDVR(**cfg, dtype=dt)
@@ -493,17 +497,14 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
                 if tdev == "cuda":
                     torch.cuda.empty_cache()
             else:
-                ms, flops, handle = (jax_infer if kind == "infer" else jax_train)(size, dt_or_amp, impl)
+                ms, flops, call = (jax_infer if kind == "infer" else jax_train)(size, dt_or_amp, impl)
                 extra = {}
                 if np.isfinite(flops):
                     extra = dict(tflops=flops / ms / 1e9, of_bf16_peak=flops / (ms * 1e-3) / peak)
                 res.add(kind, what, ms, gflop=flops / 1e9, **extra)
                 if kind not in profiled and budget.left() > 30:
                     profiled.add(kind)
-                    if kind == "infer":
-                        compiled, x = handle
-                        handle = functools.partial(compiled, params, x)
-                    prof = kernel_profile(handle)
+                    prof = kernel_profile(call)
                     if prof is None:
                         print("  (profile: no device kernels in the trace)", flush=True)
                     else:

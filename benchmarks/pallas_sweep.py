@@ -15,7 +15,6 @@ or by changing ``deform_conv_pallas.config_for``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gpu import time_jax  # noqa: E402  (imports edvr_jax without the packages the accelerator image lacks)
+from gpu import conv3x3, dcn_inputs, time_jax  # noqa: E402  (edvr_jax without what the accelerator image lacks)
 
 from edvr_jax.ops import deform_conv_pallas as dp  # noqa: E402
 from edvr_jax.ops.deform_conv import modulated_deform_conv  # noqa: E402
@@ -42,22 +41,12 @@ def configs(tiny: bool) -> list[dp.PallasConfig]:
     return out
 
 
-def case(shape, dtype):
-    b, h, w, c = shape
-    keys = jax.random.split(jax.random.key(1), 4)
-    x = jax.random.normal(keys[0], shape, dtype)
-    off = 2.0 * jax.random.normal(keys[1], (b, h, w, 8 * 18))
-    mask = jax.nn.sigmoid(jax.random.normal(keys[2], (b, h, w, 8 * 9)))
-    kern = (0.05 * jax.random.normal(keys[3], (3, 3, c, c))).astype(dtype)
-    return x, off, mask, kern, jnp.zeros((c,), dtype)
-
-
 def label(cfg: dp.PallasConfig) -> str:
+    """``block_p``, ``warps`` and ``stages``, and ``tap_loop`` / ``block_c`` where they differ from the default."""
     default = dp.PallasConfig()
-    changed = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-               if f.name in ("block_p", "warps", "tap_loop", "block_c", "stages")}
-    return ",".join(f"{k}={v}" for k, v in changed.items() if k in ("block_p", "warps", "stages")
-                    or getattr(default, k) != v)
+    fields = [f for f in ("block_p", "warps", "tap_loop", "block_c", "stages")
+              if f in ("block_p", "warps", "stages") or getattr(cfg, f) != getattr(default, f)]
+    return ",".join(f"{f}={getattr(cfg, f)}" for f in fields)
 
 
 def main() -> None:
@@ -79,10 +68,9 @@ def main() -> None:
         print(f"  {str(shape):22} {name:44} {ms:8.3f} ms{more}", flush=True)
 
     def baselines(shape):
-        x, off, mask, kern, bias = case(shape, jnp.bfloat16)
+        x, off, mask, kern, bias = dcn_inputs(shape, jnp.bfloat16)
         gather = jax.jit(lambda *a: modulated_deform_conv(*a, impl="gather"))
-        conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        conv = jax.jit(conv3x3)
         record(shape, "gather forward", time_jax(gather, x, off, mask, kern, bias, max_reps=10, target_s=0.3)[0])
         record(shape, "conv 3x3 (same shape)", time_jax(conv, x, kern, max_reps=10, target_s=0.3)[0])
         return gather(x, off, mask, kern, bias).astype(jnp.float32), (x, off, mask, kern, bias)
@@ -112,8 +100,8 @@ def main() -> None:
     del ref, inputs
     best = sorted(timed, key=timed.get)[:3]
     if best:
-        print(f"best on {big}: {label(best[0])} {timed[best[0]]:.3f} ms (default {timed.get(default, float('nan')):.3f})",
-              flush=True)
+        print(f"best on {big}: {label(best[0])} {timed[best[0]]:.3f} ms "
+              f"(default {timed.get(default, float('nan')):.3f})", flush=True)
     ref, inputs = baselines(small)
     for cfg in dict.fromkeys(best + [default]):
         if time.perf_counter() - start > args.budget:
