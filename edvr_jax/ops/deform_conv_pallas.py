@@ -312,10 +312,9 @@ def forward(x, off, msk, kern, bias, d: Dims, cfg: PallasConfig, interpret: bool
     packed = msk is None
     kernel = partial(_fwd_kernel, d=d, n=n, block_p=block_p, block_c=_block_c(d, cfg), tap_loop=cfg.tap_loop,
                      packed=packed)
-    operands = (_table(x), off, kern, bias.reshape(1, d.o)) if packed else (_table(x), off, msk, kern,
-                                                                             bias.reshape(1, d.o))
     if packed:  # one operand, read as both the offsets and the mask logits
         kernel = partial(lambda fwd, table_ref, om_ref, *refs: fwd(table_ref, om_ref, om_ref, *refs), kernel)
+    offsets_and_mask = (off,) if packed else (off, msk)
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((pl.cdiv(n, block_p) * block_p, d.o), x.dtype),
@@ -323,7 +322,7 @@ def forward(x, off, msk, kern, bias, d: Dims, cfg: PallasConfig, interpret: bool
         compiler_params=plgpu.CompilerParams(num_warps=cfg.warps, num_stages=cfg.stages),
         interpret=interpret,
         name="dcn_fwd",
-    )(*operands)
+    )(_table(x), *offsets_and_mask, kern, bias.reshape(1, d.o))
     return out if out.shape[0] == n else out[:n]
 
 
