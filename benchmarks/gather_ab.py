@@ -8,9 +8,10 @@ bf16, batch 32 of 5x64x64 LR clips, train.py's own step; each variant twice, int
 median of 15 steps after 3 warm-up steps; compile time excluded. The DCNs' ``conv_offset`` parameters are
 drawn at random (kernels std 0.02, biases std 2: mean |offset| about 1.6 px, printed), so that samples fall
 between pixels and differ between groups and taps, as in a trained model. (EDVR initialises them to zero:
-every sample would sit on a pixel, the same one for all groups, which flatters gathers and atomics.) The "cpu" formulation is swapped in by
-replacing ``deform_conv._deform_conv_accel`` with the vmapped per-image ``_deform_conv_image`` (one chunk,
-``jnp.sum``), which is what the accelerators ran before the GPU formulation. Only jax, flax, optax and
+every sample would sit on a pixel, the same one for all groups, which flatters gathers and atomics.) The
+"cpu" formulation is swapped in by replacing ``deform_conv._deform_conv_accel`` with the vmapped per-image
+``_deform_conv_image`` (one chunk, ``jnp.sum``), which is what the accelerators ran before the GPU
+formulation. Only jax, flax, optax and
 edvr_jax's model, ops and training step are imported (the accelerator image has nothing more).
 """
 

@@ -239,8 +239,8 @@ def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
                                      args)
 
 
-@pytest.mark.parametrize("form,offset_grad,order", [("gpu", "sums", "gk"), ("gpu", "direct", "gk"), ("gpu", "sums", "kg"),
-                                                    ("tpu", "sums", "gk")])
+@pytest.mark.parametrize("form,offset_grad,order", [("gpu", "sums", "gk"), ("gpu", "direct", "gk"),
+                                                    ("gpu", "sums", "kg"), ("tpu", "sums", "gk")])
 @pytest.mark.parametrize("stride,pad,dil,groups", [(1, 1, 1, 4), (2, 0, 2, 2), (1, 2, 1, 1)])
 def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, order, stride, pad, dil, groups):
     monkeypatch.setenv("EDVR_JAX_DCN_OFFSET_GRAD", offset_grad)
@@ -407,7 +407,8 @@ def test_packed_forward_kernel_bfloat16_and_export():
     slices = re.findall(r"stablehlo\.slice .*-> tensor<([\dx]+)xbf16>", text)
     assert has_triton_kernels(exported) and "stablehlo.exponential" not in text  # the sigmoid: in the kernel
     assert not [t for t in slices if t.endswith(("x144", "x72"))], slices  # offsets / mask never split off
-    text = export(modulated_deform_conv_packed, bf(x), bf(om), bf(kernel), bf(bias), platforms=("tpu",)).mlir_module()
+    exported = export(modulated_deform_conv_packed, bf(x), bf(om), bf(kernel), bf(bias), platforms=("tpu",))
+    text = exported.mlir_module()
     slices = re.findall(r"stablehlo\.slice .*-> tensor<([\dx]+)xbf16>", text)
     assert "stablehlo.exponential" in text and "1x6x8x144" in slices  # elsewhere the gather on split arrays
 

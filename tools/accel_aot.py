@@ -7,7 +7,7 @@ memory the program needs are the compiler's own.
 
 GPU (the CUDA plugin compiles for a ``GpuTargetConfigProto``, embedded below from XLA's specs)::
 
-    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \
+    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
         flax optax einops safetensors pillow
     /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
     /work/cudavenv/bin/python tools/accel_aot.py train --batch 32 --dtype bfloat16     # train.py's step
@@ -22,14 +22,15 @@ Pallas kernels 11-18x (they are not bandwidth-bound).
 
 TPU (libtpu compiles for a named topology; 1.5 GB venv)::
 
-    python -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \
+    python -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \\
         flax optax einops safetensors pillow
     /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --batch 8
     /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --chips 4 --batch 32  # 8 clips per chip
 
 For a TPU it prints the HBM the program needs per chip (``memory_analysis``) or the compiler's
-out-of-memory message, the cross-chip collectives, and the largest arrays with their padding to the (8, 128) tiles. Use it to
-compare formulations before spending accelerator time; measure what it suggests with ``benchmarks/run.py gpu``.
+out-of-memory message, the cross-chip collectives, and the largest arrays with their padding to the
+(8, 128) tiles. Use it to compare formulations before spending accelerator time; measure what it suggests
+with ``benchmarks/run.py gpu``.
 """
 
 from __future__ import annotations

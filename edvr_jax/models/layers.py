@@ -55,9 +55,9 @@ class Conv2d(nn.Module):
 
     Called with a sequence of parts instead of one ``[N, H, W, C]`` array, it is the conv of their
     concatenation along channels, computed part by part (each part against its slice of the kernel, in the
-    compute dtype, the results summed in float32), so the concatenation is never written. A part may hold ``N / T`` images, one per group of
-    ``T`` consecutive images (a clip's reference frame beside its ``T`` frames): it is convolved once per
-    group and broadcast, instead of ``T`` times.
+    compute dtype, the results summed in float32), so the concatenation is never written. A part may hold
+    ``N / T`` images, one per group of ``T`` consecutive images (a clip's reference frame beside its ``T``
+    frames): it is convolved once per group and broadcast, instead of ``T`` times.
     """
 
     features: int

@@ -4,4 +4,5 @@ from edvr_jax.ops.deform_conv import modulated_deform_conv, modulated_deform_con
 from edvr_jax.ops.pool import avg_pool, max_pool
 from edvr_jax.ops.resize import pixel_shuffle, upsample_bilinear
 
-__all__ = ["modulated_deform_conv", "modulated_deform_conv_packed", "avg_pool", "max_pool", "pixel_shuffle", "upsample_bilinear"]
+__all__ = ["modulated_deform_conv", "modulated_deform_conv_packed", "avg_pool", "max_pool", "pixel_shuffle",
+           "upsample_bilinear"]
