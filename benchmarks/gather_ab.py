@@ -3,6 +3,7 @@
     python benchmarks/gather_ab.py formulations   # the GPU formulation against the CPU one run as one chunk
     python benchmarks/gather_ab.py offset-grad    # corner sums (default) against the fused offset gradient
     python benchmarks/gather_ab.py sample-order   # per-sample arrays [.., G, K] (default) against [.., K, G]
+    python benchmarks/gather_ab.py sample-order --tiny  # batch 1 of 32x32 clips, 2 steps: checks the script
 
 bf16, batch 32 of 5x64x64 LR clips, train.py's own step; each variant twice, interleaved (A, B, A, B);
 median of 15 steps after 3 warm-up steps; compile time excluded. The DCNs' ``conv_offset`` parameters are
@@ -12,11 +13,14 @@ every sample would sit on a pixel, the same one for all groups, which flatters g
 "cpu" formulation is swapped in by replacing ``deform_conv._deform_conv_accel`` with the vmapped per-image
 ``_deform_conv_image`` (one chunk, ``jnp.sum``), which is what the accelerators ran before the GPU
 formulation. Only jax, flax, optax and
-edvr_jax's model, ops and training step are imported (the accelerator image has nothing more).
+edvr_jax's model, ops and training step are imported (the accelerator image has nothing more). Each
+measurement is appended as it is taken to ``run.RESULTS`` (benchmarks/results.jsonl or
+``$EDVR_JAX_RESULTS``; bench "gather-ab").
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import statistics
@@ -28,7 +32,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from run import record  # noqa: E402
+
 from edvr_jax import training  # noqa: E402
 from edvr_jax.models import edvr_from_preset  # noqa: E402
 from edvr_jax.ops import deform_conv  # noqa: E402
@@ -46,23 +53,34 @@ def offsets_of_a_few_pixels(params, seed: int = 5):
     return jax.tree_util.tree_map_with_path(draw, params)
 
 
-def step_ms(batch: int = 32, dtype=jnp.bfloat16, steps: int = 15) -> tuple[float, float]:
-    """(median ms per step, compile seconds) of train.py's step for EDVR-M, as the DCN is set up now."""
+def setup(batch: int, dtype, size: int = 64):
+    """EDVR-M, its optimizer and schedule, a fresh train state with ``offsets_of_a_few_pixels``, and a batch."""
     model = edvr_from_preset("edvr_m", dtype=dtype)
     schedule = lambda n: 4e-4  # noqa: E731
     tx = make_optimizer(schedule)
     state = training.create_train_state(jax.random.key(0), model=model, tx=tx, input_shape=(1, 5, 64, 64, 3))
     state["params"] = offsets_of_a_few_pixels(state["params"])
-    data = {"lq": jax.random.uniform(jax.random.key(3), (batch, 5, 64, 64, 3)),
-            "gt": jax.random.uniform(jax.random.key(4), (batch, 256, 256, 3))}
-    _, inter = model.apply({"params": state["params"]}, data["lq"][:1], mutable=["intermediates"])
-    means = training.offset_means(inter["intermediates"])
-    print("  mean |offset| " + ", ".join(f"{k.split('/')[-1]} {float(v):.2f}" for k, v in means.items()), flush=True)
+    data = {"lq": jax.random.uniform(jax.random.key(3), (batch, 5, size, size, 3)),
+            "gt": jax.random.uniform(jax.random.key(4), (batch, 4 * size, 4 * size, 3))}
+    return model, tx, schedule, state, data
+
+
+def offset_means(batch: int, size: int, dtype=jnp.bfloat16) -> dict[str, float]:
+    """Mean |offset| of each DCN on the first clip (the same in every variant: same parameters and data)."""
+    model, _, _, state, data = setup(batch, dtype, size)
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"])[1])
+    means = training.offset_means(forward(state["params"], data["lq"][:1])["intermediates"])
+    return {k.split("/")[-1]: float(v) for k, v in means.items()}
+
+
+def step_ms(batch: int, size: int, steps: int, warmup: int, dtype=jnp.bfloat16) -> tuple[float, float]:
+    """(median ms per step, compile seconds) of train.py's step for EDVR-M, as the DCN is set up now."""
+    model, tx, schedule, state, data = setup(batch, dtype, size)
     step = jax.jit(functools.partial(training.train_step, model=model, tx=tx, schedule=schedule), donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
-    for _ in range(3):
+    for _ in range(warmup):
         state, metrics = compiled(state, data)
     jax.block_until_ready(metrics["loss"])
     times = []
@@ -75,7 +93,13 @@ def step_ms(batch: int = 32, dtype=jnp.bfloat16, steps: int = 15) -> tuple[float
 
 
 def main() -> None:
-    which = sys.argv[1] if len(sys.argv) > 1 else "formulations"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", nargs="?", default="formulations",
+                        choices=["formulations", "offset-grad", "sample-order"])
+    parser.add_argument("--tiny", action="store_true", help="batch 1 of 32x32 clips, 2 steps, nothing recorded")
+    args = parser.parse_args()
+    which = args.which
+    batch, size, steps, warmup = (1, 32, 2, 1) if args.tiny else (32, 64, 15, 3)
     gpu_form = deform_conv._deform_conv_accel
     cpu_form = lambda x, off, m, wmat, geo: jax.vmap(  # noqa: E731
         deform_conv._deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
@@ -83,18 +107,23 @@ def main() -> None:
         variants = {"cpu formulation, one chunk": (cpu_form, "sums"), "gpu formulation": (gpu_form, "sums")}
     elif which == "offset-grad":
         variants = {"corner sums": (gpu_form, "sums"), "fused (direct)": (gpu_form, "direct")}
-    elif which == "sample-order":
-        variants = {"[.., G, K] (default)": (gpu_form, "sums", "gk"), "[.., K, G]": (gpu_form, "sums", "kg")}
     else:
-        raise SystemExit(f"unknown comparison {which!r}: formulations | offset-grad | sample-order")
-    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch 32", flush=True)
-    for _ in range(2):
+        variants = {"[.., G, K] (default)": (gpu_form, "sums", "gk"), "[.., K, G]": (gpu_form, "sums", "kg")}
+    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch {batch}",
+          flush=True)
+    means = offset_means(batch, size)
+    print("  mean |offset| " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), flush=True)
+    for repeat in range(2):
         for name, (form, offset_grad, *order) in variants.items():
             deform_conv._deform_conv_accel = form
             os.environ[deform_conv.OFFSET_GRAD_ENV] = offset_grad
             os.environ[deform_conv.SAMPLE_ORDER_ENV] = order[0] if order else "gk"
-            ms, compile_s = step_ms()
+            ms, compile_s = step_ms(batch, size, steps, warmup)
             print(f"  {name:28} {ms:7.2f} ms  (compile {compile_s:.0f} s)", flush=True)
+            if not args.tiny:
+                record("gather-ab", {"comparison": which, "variant": name, "repeat": repeat, "ms": ms,
+                                     "compile_s": compile_s, "batch": batch, "dtype": "bfloat16",
+                                     "mean_abs_offset": means})
     deform_conv._deform_conv_accel = gpu_form
 
 

@@ -7,15 +7,15 @@ were chosen on a CPU machine (no register spills, ``tools/triton_regs.py``), nev
 other. This times each config on the L1 DCN of an 8-clip inference (40 images of 180x320x64, bf16, offsets
 a few pixels), median of up to 10 calls, next to the gather forward and a plain 3x3 conv of the same shape
 in the same process; then the best three, and the default, on one clip (5 images). Each config's output is
-checked against the gather's (relative L2). Prints as it goes; appends rows to benchmarks/results.jsonl
-(bench "pallas-sweep"). A config is set for real runs with ``EDVR_JAX_DCN_PALLAS="block_p=..,warps=.."``
+checked against the gather's (relative L2). Prints as it goes and appends each row as it is measured to
+``run.RESULTS`` (benchmarks/results.jsonl or ``$EDVR_JAX_RESULTS``; bench "pallas-sweep"; nothing with
+``--tiny``). A config is set for real runs with ``EDVR_JAX_DCN_PALLAS="block_p=..,warps=.."``
 or by changing ``deform_conv_pallas.config_for``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpu import conv3x3, dcn_inputs, time_jax  # noqa: E402  (edvr_jax without what the accelerator image lacks)
+from run import RESULTS, record as record_row  # noqa: E402
 
 from edvr_jax.ops import deform_conv_pallas as dp  # noqa: E402
 from edvr_jax.ops.deform_conv import modulated_deform_conv  # noqa: E402
@@ -57,13 +58,14 @@ def main() -> None:
     start = time.perf_counter()
     dev = jax.devices()[0]
     big, small = ((2, 12, 16, 32), (1, 12, 16, 32)) if args.tiny else ((40, 180, 320, 64), (5, 180, 320, 64))
-    rows = []
-    meta = {"bench": "pallas-sweep", "device": dev.device_kind, "jax": jax.__version__,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    rows = 0
     print(f"{dev.device_kind}, jax {jax.__version__}; DCN forward, bf16, 8 groups, C=O", flush=True)
 
     def record(shape, name, ms, **extra):
-        rows.append({**meta, "shape": list(shape), "name": name, "ms": ms, **extra})
+        nonlocal rows
+        if not args.tiny:
+            record_row("pallas-sweep", {"shape": list(shape), "name": name, "ms": ms, **extra})
+            rows += 1
         more = "".join(f"  {k} {v:.1e}" if isinstance(v, float) else f"  {k} {v}" for k, v in extra.items())
         print(f"  {str(shape):22} {name:44} {ms:8.3f} ms{more}", flush=True)
 
@@ -107,10 +109,7 @@ def main() -> None:
         if time.perf_counter() - start > args.budget:
             break
         time_config(small, cfg, ref, inputs)
-    with open(Path(__file__).resolve().parent / "results.jsonl", "a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    print(f"{len(rows)} rows appended to benchmarks/results.jsonl ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"{rows} rows appended to {RESULTS} ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

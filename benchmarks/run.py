@@ -6,7 +6,9 @@
     python benchmarks/run.py gpu --basicsr-src benchmarks/.basicsr [--budget 480] [--tiny]
 
 Each benchmark prints a table and appends one JSON record per row (machine,
-versions, date, figures) to benchmarks/results.jsonl. Times are the minimum over
+versions, date, figures) to benchmarks/results.jsonl, or to the file named by
+``EDVR_JAX_RESULTS`` (on a GPU machine: a file under ``$OUT``, so that rows
+written before a run is cut off come back). Times are the minimum over
 repeats after a warm-up (compilation excluded); ratios are taken within one run.
 Not part of the test suite.
 """
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from edvr_jax import edvr_from_preset, modulated_deform_conv  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results.jsonl"
+RESULTS = Path(os.environ.get("EDVR_JAX_RESULTS") or ROOT / "benchmarks" / "results.jsonl")
 
 
 def machine() -> dict:
@@ -346,7 +348,7 @@ def main() -> None:
         if loaded:
             raise SystemExit(f"gpu mode imported {loaded}, which the accelerator image lacks")
         gpu.run(args.basicsr_src, args.budget, args.tiny, (lambda *a: None) if args.tiny else record, args.study)
-        print("tiny shapes: nothing recorded" if args.tiny else f"appended to {RESULTS.relative_to(ROOT)}")
+        print("tiny shapes: nothing recorded" if args.tiny else f"appended to {RESULTS}")
         return
     ours = None
     if args.which in ("dcn", "all"):
@@ -361,7 +363,7 @@ def main() -> None:
         bench_tiles(args.quick)
     if args.which in ("torch", "all"):
         bench_torch(args.basicsr_src, ours)
-    print(f"appended to {RESULTS.relative_to(ROOT)}")
+    print(f"appended to {RESULTS}")
 
 
 if __name__ == "__main__":
