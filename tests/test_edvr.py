@@ -248,19 +248,38 @@ def test_modules_alone():
     assert run(PredeblurModule(16, hr_in=True), (2, 32, 48, 3)) == (2, 8, 12, 16)
 
 
+def test_conv2d_init_schemes():
+    """``Conv2d.init`` is flax's (the initialisation is the ``init_scheme`` field), and each scheme draws
+    BasicSR's values: nn.Conv2d's U(+-1/sqrt(fan_in)) for kernel and bias, the residual blocks' kaiming
+    normal x 0.1 with zero bias, zeros for the DCN's offset conv; an unknown scheme names the field."""
+    from edvr_jax.models.layers import Conv2d
+
+    x, key = jnp.ones((1, 4, 4, 6)), jax.random.key(3)
+    bound = 1 / np.sqrt(6 * 9)
+    p = Conv2d(64).init(key, x)["params"]
+    assert p["kernel"].shape == (3, 3, 6, 64) and p["bias"].shape == (64,)
+    for a in (p["kernel"], p["bias"]):
+        assert float(jnp.max(jnp.abs(a))) <= bound and float(jnp.max(jnp.abs(a))) > 0.9 * bound
+    k = Conv2d(64, init_scheme="resblock").init(key, x)["params"]
+    np.testing.assert_allclose(float(jnp.std(k["kernel"])), 0.1 * np.sqrt(2 / 54), rtol=0.1)
+    assert not np.any(np.asarray(k["bias"]))
+    z = Conv2d(8, init_scheme="zeros").init(key, x)["params"]
+    assert not np.any(np.asarray(z["kernel"])) and not np.any(np.asarray(z["bias"]))
+    with pytest.raises(ValueError, match="unknown init_scheme 'he'"):
+        Conv2d(8, init_scheme="he").init(key, x)
+
+
 def test_conv_of_parts_and_per_clip_references():
     """``Conv2d`` on parts equals the conv of their concatenation (a per-clip part broadcast over its
     clip's frames); ``PCDAlignment`` with one reference per clip equals it with the reference repeated per
     frame (float32; the same parameters)."""
-    import flax.linen as nn
-
     from edvr_jax.models.layers import Conv2d
 
     keys = jax.random.split(jax.random.key(9), 3)
     frames, ref = jax.random.normal(keys[0], (6, 8, 10, 16)), jax.random.normal(keys[1], (2, 8, 10, 8))
     repeated = jnp.repeat(ref, 3, axis=0)  # clips of 3 frames
     conv = Conv2d(12)
-    v = nn.Module.init(conv, keys[2], jnp.concatenate([frames, repeated], axis=-1))  # Conv2d.init: its initialiser
+    v = conv.init(keys[2], jnp.concatenate([frames, repeated], axis=-1))
     whole = conv.apply(v, jnp.concatenate([frames, repeated], axis=-1))
     np.testing.assert_allclose(np.asarray(conv.apply(v, (frames, ref))), np.asarray(whole), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="a part of 4 images does not divide the 6 images"):

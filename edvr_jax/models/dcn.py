@@ -80,7 +80,7 @@ class DCNv2Pack(nn.Module):
         in_ch = x.shape[-1]
         if in_ch % self.deformable_groups:
             raise ValueError(f"{in_ch} channels do not split into {self.deformable_groups} deformable groups")
-        out = Conv2d(self.deformable_groups * 3 * k * k, k, init="zeros", dtype=self.dtype,
+        out = Conv2d(self.deformable_groups * 3 * k * k, k, init_scheme="zeros", dtype=self.dtype,
                      param_dtype=self.param_dtype, name="conv_offset")(feat)
         offset = out[..., : 2 * self.deformable_groups * k * k]  # concat(o1, o2)
         absmean = jnp.mean(jnp.abs(offset.astype(jnp.float32)))

@@ -28,7 +28,7 @@ def _normal(std: float):
     return init
 
 
-def conv_initializers(init: str, fan_in: int):
+def conv_initializers(scheme: str, fan_in: int):
     """(kernel_init, bias_init) reproducing BasicSR's initialisation.
 
     ``'torch'``: ``nn.Conv2d``'s default, U(+-1/sqrt(fan_in)) for weight and bias.
@@ -37,15 +37,15 @@ def conv_initializers(init: str, fan_in: int):
     ``'zeros'``: the DCN offset conv, so that training starts from a plain conv.
     """
     bound = 1.0 / (fan_in ** 0.5)
-    if init == "torch":
+    if scheme == "torch":
         return _uniform(bound), _uniform(bound)
-    if init == "resblock":
+    if scheme == "resblock":
         return _normal(0.1 * (2.0 / fan_in) ** 0.5), nn.initializers.zeros_init()
-    if init == "dcn":
+    if scheme == "dcn":
         return _uniform(bound), nn.initializers.zeros_init()
-    if init == "zeros":
+    if scheme == "zeros":
         return nn.initializers.zeros_init(), nn.initializers.zeros_init()
-    raise ValueError(f"unknown init {init!r}; expected 'torch', 'resblock', 'dcn' or 'zeros'")
+    raise ValueError(f"unknown init_scheme {scheme!r}; expected 'torch', 'resblock', 'dcn' or 'zeros'")
 
 
 class Conv2d(nn.Module):
@@ -63,7 +63,7 @@ class Conv2d(nn.Module):
     features: int
     kernel_size: int = 3
     stride: int = 1
-    init: str = "torch"
+    init_scheme: str = "torch"  # BasicSR's initialisation of this conv (``conv_initializers``)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -72,7 +72,7 @@ class Conv2d(nn.Module):
         parts = [x] if isinstance(x, jax.Array) else list(x)
         in_ch = sum(p.shape[-1] for p in parts)
         k = self.kernel_size
-        kernel_init, bias_init = conv_initializers(self.init, in_ch * k * k)
+        kernel_init, bias_init = conv_initializers(self.init_scheme, in_ch * k * k)
         kernel = self.param("kernel", kernel_init, (k, k, in_ch, self.features), self.param_dtype)
         bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         pad = k // 2
@@ -104,8 +104,8 @@ class ResidualBlockNoBN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        out = Conv2d(self.num_feat, init="resblock", dtype=self.dtype, name="conv1")(x)
-        out = Conv2d(self.num_feat, init="resblock", dtype=self.dtype, name="conv2")(nn.relu(out))
+        out = Conv2d(self.num_feat, init_scheme="resblock", dtype=self.dtype, name="conv1")(x)
+        out = Conv2d(self.num_feat, init_scheme="resblock", dtype=self.dtype, name="conv2")(nn.relu(out))
         return x + out
 
 
