@@ -1,6 +1,7 @@
 """modulated_deform_conv against torchvision, an independent NumPy loop, lax.conv and finite differences."""
 
 import math
+import re
 
 from functools import partial
 
@@ -488,3 +489,34 @@ def test_pallas_kernels_lower_for_cuda():
         assert has_triton_kernels(export(modulated_deform_conv, *args, platforms=("cuda",))) == (dtype == jnp.bfloat16)
         assert not has_triton_kernels(export(grad("auto"), *args, platforms=("cuda",)))
         assert not has_triton_kernels(export(grad("auto"), *args, platforms=("tpu",)))
+
+
+def test_pallas_backward_atomics_are_relaxed(monkeypatch):
+    """The backward kernel's input-gradient adds lower for CUDA to relaxed atomics (``tt.atomic_rmw fadd,
+    relaxed``), not Pallas' default acquire-release, which ptxas compiles to a GPU-wide memory barrier and an
+    L1 invalidation around every add (``MEMBAR.ALL.GPU``, ``CCTL.IVALL``; relaxed: ``REDG`` alone);
+    ``relaxed_atomics=False`` gives the default back. Read from the Triton module that Pallas lowers."""
+    from jax._src.pallas.triton import pallas_call_registration as registration
+
+    modules = []
+    lower_module = registration.lowering.lower_jaxpr_to_triton_module
+
+    def capture(*args, **kwargs):
+        result = lower_module(*args, **kwargs)
+        modules.append(str(result.module.operation))
+        return result
+
+    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", capture)
+    x, offset, mask, kernel, _ = _random_case(16, b=1, h=8, w=8, c=16, groups=8, o=16)
+    d = deform_conv_pallas.Dims(1, 8, 8, 16, 8, 8, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1))
+    args = (x, offset.reshape(64, -1), mask.reshape(64, -1), kernel.reshape(9, 16, 16), jnp.ones((64, 16)))
+    semantics = {}
+    for relaxed in (True, False):
+        cfg = deform_conv_pallas.PallasConfig(relaxed_atomics=relaxed)
+        modules.clear()
+        jax.jit(lambda *a: deform_conv_pallas.backward(*a, d, cfg, False)).trace(*args).lower(
+            lowering_platforms=("cuda",))
+        (module,) = modules
+        semantics[relaxed] = sorted(set(re.findall(r"tt\.atomic_rmw fadd, (\w+)", module)))
+        assert module.count("tt.atomic_rmw") == 4  # one per bilinear corner
+    assert semantics == {True: ["relaxed"], False: ["acq_rel"]}

@@ -66,7 +66,9 @@ values and all gradients, f32 and bf16):
   implicit GEMM that samples each tile's bilinear corners on chip and contracts
   them with the kernel per tap, never writing the im2col columns to HBM; the
   backward recomputes the samples per tap and writes offset/mask gradients once,
-  kernel gradients as per-program partials, input gradients by atomic adds.
+  kernel gradients as per-program partials, input gradients by atomic adds (relaxed
+  since 2026-11-27's sixth session: the figures below ran Pallas' default
+  acquire-release atomics, a GPU-wide memory barrier around every add; unmeasured since).
 
 ``impl="auto"`` (default) picks per *lowering* platform with
 ``lax.platform_dependent``: CUDA -> the Pallas forward kernel for a bfloat16 (or

@@ -33,8 +33,13 @@ for the ``s``-th contiguous range of pixel tiles. Per tile it recomputes ``A_k``
   register tile over the program's tiles and written once per program as a
   partial; the ``S`` partials are summed by XLA (deterministic, no contention);
 * the input gradient: each corner's ``w_q * g_A`` added atomically into a float32
-  table (``jax.ref.addupdate``, a relaxed float add per element on the GPU, a
-  scatter-add in interpret mode). This is the one global scatter left: its
+  table: relaxed vector atomics on the GPU (``_relaxed_add_primitive``; SASS
+  ``REDG.E.ADD.F32x4``), a scatter-add in interpret mode. Pallas' own
+  ``jax.ref.addupdate`` lowers to acquire-release atomics, which ptxas brackets
+  with ``MEMBAR.ALL.GPU`` before and ``CCTL.IVALL`` (an L1 invalidation) after
+  every add (sm_90a SASS of this kernel, compiled without a GPU): the kernels
+  measured on H100/H200 before 2026-11-27's sixth session ran those. XLA's
+  scatter-add is relaxed too. This is the one global scatter left: its
   targets are data-dependent (the transpose of the bilinear gather), and a
   gather-formulated transpose would need the inverse map of the offsets. Taps
   run as separate programs next to each other in the grid, so concurrent
@@ -81,6 +86,7 @@ class PallasConfig:
     bwd_warps: int = 8
     bwd_programs: int = 1024  # target number of backward programs: a few waves on a ~132-SM GPU
     stages: int = 1  # Triton software pipelining of the loops
+    relaxed_atomics: bool = True  # backward: the input gradient's atomic adds relaxed, not acquire-release
 
 
 #: Overrides fields of the default config, ``name=value`` pairs separated by commas.
@@ -245,7 +251,8 @@ def _fwd_kernel(table_ref, off_ref, msk_ref, w_ref, b_ref, out_ref, *, d: Dims, 
 
 
 def _bwd_kernel(table_ref, off_ref, msk_ref, w_ref, gout_ref, gx_in_ref,
-                gx_ref, goff_ref, gmsk_ref, gw_ref, *, d: Dims, n: int, block_p: int, block_c: int, tiles: int):
+                gx_ref, goff_ref, gmsk_ref, gw_ref, *, d: Dims, n: int, block_p: int, block_c: int, tiles: int,
+                add=jax.ref.addupdate):
     del gx_in_ref  # aliased with gx_ref (zeros on entry)
     cg = d.c // d.g
     gc, n_ch = block_c // cg, d.c // block_c
@@ -288,11 +295,58 @@ def _bwd_kernel(table_ref, off_ref, msk_ref, w_ref, gout_ref, gx_in_ref,
         # Input: each corner's share of g_A, added into its table row.
         g_am = g_a * mi_c
         for wq, rq in zip((hy_c * hx_c, hy_c * lx_c, ly_c * hx_c, ly_c * lx_c), rows):
-            jax.ref.addupdate(gx_ref, (rq, col), wq * g_am)
+            add(gx_ref, (rq, col), wq * g_am)
         return g_w
 
     g_w = jax.lax.fori_loop(0, tiles, tile, jnp.zeros((block_c, d.o), jnp.float32))
     gw_ref[s, k, pl.ds(c0, block_c), :] = g_w
+
+
+def _relaxed_add_primitive():
+    """A primitive like ``jax.ref.addupdate`` whose Triton lowering is a *relaxed* atomic add, or None.
+
+    Pallas lowers ``addupdate`` (and ``pl.atomic_add``) on GPUs to ``tt.atomic_rmw`` with acquire-release
+    semantics (jax 0.10-0.11; no argument chooses otherwise): PTX ``atom.global.gpu.acq_rel.add.v4.f32``,
+    each add ordered against the program's other memory accesses. The input gradient's adds need no order
+    (nothing reads the table until the kernel ends), and XLA's own scatter-add emits relaxed atomics. This
+    primitive has ``addupdate``'s abstract evaluation and Triton lowering rule, the latter run with
+    ``semantic=RELAXED`` for its atomic. It uses jax internals (``jax._src``): where they are missing, None,
+    and the kernel uses ``jax.ref.addupdate``. Interpret mode (CPU) always uses ``jax.ref.addupdate``.
+    """
+    try:
+        from jax._src.lib.triton import dialect as tt_dialect
+        from jax._src.pallas.triton import lowering as triton_lowering
+        from jax._src.state import primitives as state_primitives
+
+        addupdate_rule = triton_lowering.triton_lowering_rules[state_primitives.addupdate_p]
+        atomic_rmw = triton_lowering._atomic_rmw
+        relaxed = tt_dialect.MemSemantic.RELAXED
+        get_ref_and_transforms = state_primitives.get_ref_and_transforms
+    except (ImportError, AttributeError, KeyError):
+        return None
+    prim = jax.extend.core.Primitive("dcn_relaxed_addupdate")
+    prim.multiple_results = True
+    prim.is_effectful = lambda params: True
+    prim.def_effectful_abstract_eval(state_primitives.addupdate_p.abstract_eval)
+
+    def lowering(ctx, *args, **params):  # addupdate's rule, its atomic made relaxed while it runs
+        triton_lowering._atomic_rmw = partial(atomic_rmw, semantic=relaxed)
+        try:
+            return addupdate_rule(ctx, *args, **params)
+        finally:
+            triton_lowering._atomic_rmw = atomic_rmw
+
+    triton_lowering.register_lowering(prim)(lowering)
+
+    def relaxed_add(ref, idx, value):
+        ref, transforms = get_ref_and_transforms(ref, idx, "dcn_relaxed_addupdate")
+        flat, tree = jax.tree_util.tree_flatten(transforms)
+        prim.bind(ref, value, *flat, tree=tree)
+
+    return relaxed_add
+
+
+_RELAXED_ADD = _relaxed_add_primitive()
 
 
 def _interpret() -> bool:
@@ -338,7 +392,9 @@ def backward(x, off, msk, kern, g_out, d: Dims, cfg: PallasConfig, interpret: bo
     n_pad = splits * tiles * block_p
     table = _table(x)
     block_c = _block_c(d, cfg)
-    kernel = partial(_bwd_kernel, d=d, n=n, block_p=block_p, block_c=block_c, tiles=tiles)
+    relaxed = cfg.relaxed_atomics and not interpret and _RELAXED_ADD is not None
+    kernel = partial(_bwd_kernel, d=d, n=n, block_p=block_p, block_c=block_c, tiles=tiles,
+                     add=_RELAXED_ADD if relaxed else jax.ref.addupdate)
     gx, g_off, g_msk, g_w = pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct(table.shape, jnp.float32),
