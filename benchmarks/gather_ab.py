@@ -1,21 +1,27 @@
-"""EDVR-M training step on an accelerator with variants of the gather DCN, interleaved in one process.
+"""EDVR-M training step on an accelerator with variants of the DCN, interleaved in one process.
 
     python benchmarks/gather_ab.py formulations   # the GPU formulation against the CPU one run as one chunk
     python benchmarks/gather_ab.py offset-grad    # corner sums (default) against the fused offset gradient
     python benchmarks/gather_ab.py sample-order   # per-sample arrays [.., G, K] (default) against [.., K, G]
+    python benchmarks/gather_ab.py pallas         # the gather (impl="auto") against the Pallas kernels,
+                                                  # with relaxed and with acquire-release atomics
     python benchmarks/gather_ab.py sample-order --tiny  # batch 1 of 32x32 clips, 2 steps: checks the script
 
-bf16, batch 32 of 5x64x64 LR clips, train.py's own step; each variant twice, interleaved (A, B, A, B);
-median of 15 steps after 3 warm-up steps; compile time excluded. The DCNs' ``conv_offset`` parameters are
-drawn at random (kernels std 0.02, biases std 2: mean |offset| about 1.6 px, printed), so that samples fall
-between pixels and differ between groups and taps, as in a trained model. (EDVR initialises them to zero:
-every sample would sit on a pixel, the same one for all groups, which flatters gathers and atomics.) The
-"cpu" formulation is swapped in by replacing ``deform_conv._deform_conv_accel`` with the vmapped per-image
-``_deform_conv_image`` (one chunk, ``jnp.sum``), which is what the accelerators ran before the GPU
-formulation. Only jax, flax, optax and
-edvr_jax's model, ops and training step are imported (the accelerator image has nothing more). Each
-measurement is appended as it is taken to ``run.RESULTS`` (benchmarks/results.jsonl or
-``$EDVR_JAX_RESULTS``; bench "gather-ab").
+bf16, batch 32 of 5x64x64 LR clips, train.py's own step; each variant ``--rounds`` times (default 2),
+interleaved (A, B, A, B); median of 15 steps after 3 warm-up steps; compile time excluded. The DCNs'
+``conv_offset`` parameters are drawn at random (kernels std 0.02, biases std 2: mean |offset| about
+1.6 px, printed), so that samples fall between pixels and differ between groups and taps, as in a trained
+model. (EDVR initialises them to zero: every sample would sit on a pixel, the same one for all groups,
+which flatters gathers and atomics.) The "cpu" formulation is swapped in by replacing
+``deform_conv._deform_conv_accel`` with the vmapped per-image ``_deform_conv_image`` (one chunk,
+``jnp.sum``), which is what the accelerators ran before the GPU formulation; the other variants set the
+DCN's environment variables (``EDVR_JAX_DCN_OFFSET_GRAD``, ``EDVR_JAX_DCN_SAMPLE_ORDER``,
+``EDVR_JAX_DCN_IMPL``, ``EDVR_JAX_DCN_PALLAS``), read when the step is traced. "pallas" runs both passes of every DCN in the
+Pallas kernels (``impl="pallas"``), whose backward now adds the input gradient with relaxed atomics (the
+acquire-release ones of the earlier measurements put a GPU-wide memory barrier around each add). Only
+jax, flax, optax and edvr_jax's model, ops and training step are imported (the accelerator image has
+nothing more). Each measurement is appended as it is taken to ``run.RESULTS`` (benchmarks/results.jsonl
+or ``$EDVR_JAX_RESULTS``; bench "gather-ab").
 """
 
 from __future__ import annotations
@@ -95,7 +101,8 @@ def step_ms(batch: int, size: int, steps: int, warmup: int, dtype=jnp.bfloat16) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="?", default="formulations",
-                        choices=["formulations", "offset-grad", "sample-order"])
+                        choices=["formulations", "offset-grad", "sample-order", "pallas"])
+    parser.add_argument("--rounds", type=int, default=2, help="times each variant runs, interleaved")
     parser.add_argument("--tiny", action="store_true", help="batch 1 of 32x32 clips, 2 steps, nothing recorded")
     args = parser.parse_args()
     which = args.which
@@ -103,21 +110,25 @@ def main() -> None:
     gpu_form = deform_conv._deform_conv_accel
     cpu_form = lambda x, off, m, wmat, geo: jax.vmap(  # noqa: E731
         deform_conv._deform_conv_image, in_axes=(0, 0, 0, None, None))(x, off, m, wmat, geo)
-    if which == "formulations":
-        variants = {"cpu formulation, one chunk": (cpu_form, "sums"), "gpu formulation": (gpu_form, "sums")}
-    elif which == "offset-grad":
-        variants = {"corner sums": (gpu_form, "sums"), "fused (direct)": (gpu_form, "direct")}
-    else:
-        variants = {"[.., G, K] (default)": (gpu_form, "sums", "gk"), "[.., K, G]": (gpu_form, "sums", "kg")}
+    grad, order, impl = deform_conv.OFFSET_GRAD_ENV, deform_conv.SAMPLE_ORDER_ENV, deform_conv.IMPL_ENV
+    kernels = deform_conv.deform_conv_pallas.CONFIG_ENV
+    variants = {  # name: (the accelerators' gather formulation, environment)
+        "formulations": {"cpu formulation, one chunk": (cpu_form, {}), "gpu formulation": (gpu_form, {})},
+        "offset-grad": {"corner sums": (gpu_form, {grad: "sums"}), "fused (direct)": (gpu_form, {grad: "direct"})},
+        "sample-order": {"[.., G, K] (default)": (gpu_form, {order: "gk"}), "[.., K, G]": (gpu_form, {order: "kg"})},
+        "pallas": {"gather (auto)": (gpu_form, {}), "pallas kernels, both passes": (gpu_form, {impl: "pallas"}),
+                   "pallas, acq_rel atomics": (gpu_form, {impl: "pallas", kernels: "relaxed_atomics=0"})},
+    }[which]
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch {batch}",
           flush=True)
     means = offset_means(batch, size)
     print("  mean |offset| " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), flush=True)
-    for repeat in range(2):
-        for name, (form, offset_grad, *order) in variants.items():
+    for repeat in range(args.rounds):
+        for name, (form, env) in variants.items():
             deform_conv._deform_conv_accel = form
-            os.environ[deform_conv.OFFSET_GRAD_ENV] = offset_grad
-            os.environ[deform_conv.SAMPLE_ORDER_ENV] = order[0] if order else "gk"
+            for var in (grad, order, impl, kernels):
+                os.environ.pop(var, None)
+            os.environ.update(env)
             ms, compile_s = step_ms(batch, size, steps, warmup)
             print(f"  {name:28} {ms:7.2f} ms  (compile {compile_s:.0f} s)", flush=True)
             if not args.tiny:

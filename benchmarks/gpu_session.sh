@@ -7,12 +7,14 @@
 #
 #   record   benchmarks/run.py gpu: the whole table against BasicSR (DCN op, EDVR-M inference and
 #            training step, f32 and bf16), with the profiles of the bf16 training step and inference
-#   explore  benchmarks/gather_ab.py sample-order (the training step's input-gradient scatter, [.., G, K]
-#            against [.., K, G]), then benchmarks/pallas_sweep.py (the bf16 inference's DCN kernel)
+#   explore  benchmarks/gather_ab.py pallas (the training step with the gather, with the Pallas kernels and
+#            their relaxed atomics, and with the acquire-release atomics measured before), then
+#            gather_ab.py sample-order (the gather's input-gradient scatter, [.., G, K] against [.., K, G]),
+#            one round each, then benchmarks/pallas_sweep.py (the bf16 inference's DCN kernel)
 #
 # From the device tool, in the repository root (benchmarks/.basicsr: python benchmarks/get_basicsr.py):
-#   run(command="bash benchmarks/gpu_session.sh record", carry=["benchmarks/.basicsr"], timeout_s=480)
-#   run(command="bash benchmarks/gpu_session.sh explore", timeout_s=330)
+#   run(command="bash benchmarks/gpu_session.sh record", carry=["benchmarks/.basicsr"], timeout_s=450)
+#   run(command="bash benchmarks/gpu_session.sh explore", timeout_s=360)
 # then here, after each: cat <files_at>/results.jsonl >> benchmarks/results.jsonl (and keep the logs).
 # TINY=1 runs both parts with tiny shapes on a CPU machine (interpret mode), recording nothing: a check.
 set -uo pipefail
@@ -20,15 +22,16 @@ cd "$(dirname "$0")/.."
 out="${OUT:-$(mktemp -d)}"
 export PYTHONUNBUFFERED=1 EDVR_JAX_RESULTS="$out/results.jsonl"
 tiny=${TINY:+--tiny}
-budget=400
-[ -n "$tiny" ] && budget=900  # interpret mode on a CPU is slow; tiny shapes only check the script
+budget=380 ab_pallas=150 ab_order=110 sweep=60
+[ -n "$tiny" ] && budget=900 ab_pallas=900 ab_order=900  # interpret mode on a CPU is slow: only a check
 case "${1:-}" in
   record)
     python benchmarks/run.py gpu --basicsr-src benchmarks/.basicsr --budget "$budget" $tiny 2>&1 \
        | tee "$out/gpu.log" ;;
   explore)
-    timeout "${AB_SECONDS:-200}" python benchmarks/gather_ab.py sample-order $tiny 2>&1 | tee "$out/ab.log"
-    python benchmarks/pallas_sweep.py --budget "${SWEEP_SECONDS:-90}" $tiny 2>&1 | tee "$out/sweep.log" ;;
+    timeout "$ab_pallas" python benchmarks/gather_ab.py pallas --rounds 1 $tiny 2>&1 | tee "$out/ab_pallas.log"
+    timeout "$ab_order" python benchmarks/gather_ab.py sample-order --rounds 1 $tiny 2>&1 | tee "$out/ab_order.log"
+    python benchmarks/pallas_sweep.py --budget "$sweep" $tiny 2>&1 | tee "$out/sweep.log" ;;
   *)
     echo "usage: bash benchmarks/gpu_session.sh record|explore (see the comments at its top)" >&2
     exit 2 ;;
