@@ -119,8 +119,9 @@ def main() -> None:
         "pallas": {"gather (auto)": (gpu_form, {}), "pallas kernels, both passes": (gpu_form, {impl: "pallas"}),
                    "pallas, acq_rel atomics": (gpu_form, {impl: "pallas", kernels: "relaxed_atomics=0"})},
     }[which]
-    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch {batch}",
-          flush=True)
+    relaxed = deform_conv.deform_conv_pallas.RELAXED_ATOMICS_AVAILABLE
+    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch {batch}; "
+          f"Pallas backward atomics {'relaxed' if relaxed else 'acquire-release (fallback)'}", flush=True)
     means = offset_means(batch, size)
     print("  mean |offset| " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), flush=True)
     for repeat in range(args.rounds):

@@ -347,6 +347,8 @@ def _relaxed_add_primitive():
 
 
 _RELAXED_ADD = _relaxed_add_primitive()
+#: Whether the backward kernel's atomics can be relaxed with this jax (else acquire-release: Pallas' default).
+RELAXED_ATOMICS_AVAILABLE = _RELAXED_ADD is not None
 
 
 def _interpret() -> bool:
