@@ -15,10 +15,18 @@ fallback arch without a device), compiled with the plugin's Triton
 (``compile_triton_to_asm``), and the PTX assembled by ``ptxas -v`` for sm_90a
 (what Triton targets for 9.0). A kernel that spills, or needs so many registers
 that few warps fit on an SM, shows here before any GPU time is spent.
+
+With a ``cuobjdump`` (``CUOBJDUMP=...``; the triton wheel carries one:
+``pip download --no-deps triton`` and unzip ``triton/backends/nvidia/bin``), each
+kernel's SASS is summarised too: instructions, global loads and stores by width,
+atomics, memory barriers and L1 invalidations, matrix instructions. That is how
+the backward's acquire-release atomics were found (``MEMBAR.ALL.GPU`` and
+``CCTL.IVALL`` around every ``ATOMG``; relaxed: ``REDG`` alone).
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import subprocess
@@ -48,6 +56,20 @@ def _spy(*args, **kwargs):
 def _ptxas() -> str:
     import nvidia.cuda_nvcc
     return str(Path(nvidia.cuda_nvcc.__path__[0]) / "bin" / "ptxas")
+
+
+_SASS_KINDS = re.compile(r"(LDG|STG|REDG|ATOMG|MEMBAR|CCTL|ERRBAR|HGMMA|HMMA)[A-Za-z0-9_.]*")
+
+
+def sass_summary(cubin: str) -> str:
+    """``n instructions; KIND.WIDTH xN ...`` of a cubin's SASS (``$CUOBJDUMP -sass``), or '' without one."""
+    tool = os.environ.get("CUOBJDUMP")
+    if not tool:
+        return ""
+    sass = subprocess.run([tool, "-sass", cubin], capture_output=True, text=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4,5}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Za-z0-9_.]*)", sass)
+    kinds = collections.Counter(o for o in ops if _SASS_KINDS.fullmatch(o))
+    return f"{len(ops)} SASS instructions; " + " ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
 
 
 def lower(b, h, w, c, g, o, dtype, cfg, which=("fwd", "bwd")) -> None:
@@ -85,15 +107,16 @@ def main() -> None:
             lower(2, 32, 48, c, 8, c, dt, cfg, which)
             for k in captured:
                 res = triton.compile("cuda", k["ir"], "9.0", num_warps=k["warps"], num_ctas=1, num_stages=k["stages"])
-                with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-                    f.write(res.asm)
-                out = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
-                                     capture_output=True, text=True)
-                os.unlink(f.name)
+                with tempfile.TemporaryDirectory() as tmp:
+                    ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+                    with open(ptx, "w") as f:
+                        f.write(res.asm)
+                    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True, text=True)
+                    sass = sass_summary(cubin) if out.returncode == 0 else ""
                 m = re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers", out.stderr, re.S)
                 info = f"registers {m.group(2):>3}, spill stores {m.group(1):>5} B" if m else out.stderr[-300:]
                 print(f"C=O={c:<4} {jnp.dtype(dt).name:9} {label:10} {k['name']:8} warps {k['warps']} "
-                      f"smem {res.smem_bytes:6} B | {info}", flush=True)
+                      f"smem {res.smem_bytes:6} B | {info}" + (f"\n    {sass}" if sass else ""), flush=True)
 
 
 if __name__ == "__main__":
