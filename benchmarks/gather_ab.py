@@ -16,9 +16,10 @@ which flatters gathers and atomics.) The "cpu" formulation is swapped in by repl
 ``deform_conv._deform_conv_accel`` with the vmapped per-image ``_deform_conv_image`` (one chunk,
 ``jnp.sum``), which is what the accelerators ran before the GPU formulation; the other variants set the
 DCN's environment variables (``EDVR_JAX_DCN_OFFSET_GRAD``, ``EDVR_JAX_DCN_SAMPLE_ORDER``,
-``EDVR_JAX_DCN_IMPL``, ``EDVR_JAX_DCN_PALLAS``), read when the step is traced. "pallas" runs both passes of every DCN in the
-Pallas kernels (``impl="pallas"``), whose backward now adds the input gradient with relaxed atomics (the
-acquire-release ones of the earlier measurements put a GPU-wide memory barrier around each add). Only
+``EDVR_JAX_DCN_IMPL``, ``EDVR_JAX_DCN_PALLAS``), read when the step is traced. "pallas" runs both passes
+of every DCN in the Pallas kernels (``impl="pallas"``), whose backward now adds the input gradient with
+relaxed atomics (the acquire-release ones of the earlier measurements put a GPU-wide memory barrier
+around each add). Only
 jax, flax, optax and edvr_jax's model, ops and training step are imported (the accelerator image has
 nothing more). Each measurement is appended as it is taken to ``run.RESULTS`` (benchmarks/results.jsonl
 or ``$EDVR_JAX_RESULTS``; bench "gather-ab").
@@ -119,9 +120,8 @@ def main() -> None:
         "pallas": {"gather (auto)": (gpu_form, {}), "pallas kernels, both passes": (gpu_form, {impl: "pallas"}),
                    "pallas, acq_rel atomics": (gpu_form, {impl: "pallas", kernels: "relaxed_atomics=0"})},
     }[which]
-    relaxed = deform_conv.deform_conv_pallas.RELAXED_ATOMICS_AVAILABLE
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}: EDVR-M train step, bf16, batch {batch}; "
-          f"Pallas backward atomics {'relaxed' if relaxed else 'acquire-release (fallback)'}", flush=True)
+          f"Pallas backward atomics {deform_conv.deform_conv_pallas.BACKWARD_ATOMICS}", flush=True)
     means = offset_means(batch, size)
     print("  mean |offset| " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()), flush=True)
     for repeat in range(args.rounds):

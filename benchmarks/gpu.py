@@ -277,9 +277,9 @@ def run(basicsr_src: str | None, budget_s: float, tiny: bool, record, study: boo
     res = Results(record)
     on_gpu = jax.default_backend() == "gpu"
     dev = jax.devices()[0]
-    atomics = "relaxed" if deform_conv.deform_conv_pallas.RELAXED_ATOMICS_AVAILABLE else "acquire-release (fallback)"
     print(f"device: {dev.device_kind if on_gpu else dev} ({jax.default_backend()}), jax {jax.__version__}, "
-          f"budget {budget_s:.0f} s{', tiny shapes' if tiny else ''}; Pallas backward atomics {atomics}", flush=True)
+          f"budget {budget_s:.0f} s{', tiny shapes' if tiny else ''}; Pallas backward atomics "
+          f"{deform_conv.deform_conv_pallas.BACKWARD_ATOMICS}", flush=True)
     tt = _torch()
     torch = tt[0] if tt else None
     tdev = "cuda" if (torch is not None and torch.cuda.is_available()) else "cpu"

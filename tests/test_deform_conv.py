@@ -391,8 +391,6 @@ def test_packed_offsets_equal_split_offsets(impl):
 def test_packed_forward_kernel_bfloat16_and_export():
     """bf16 inference through "auto" lowered for CUDA: the kernel reads the packed array itself (no slice or
     sigmoid left outside it); in interpret mode its result is the split call's within bf16 rounding."""
-    import re
-
     from edvr_jax.lowering import export, has_triton_kernels
     from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
 

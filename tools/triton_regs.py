@@ -111,7 +111,8 @@ def main() -> None:
                     ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
                     with open(ptx, "w") as f:
                         f.write(res.asm)
-                    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True, text=True)
+                    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", ptx, "-o", cubin],
+                                         capture_output=True, text=True)
                     sass = sass_summary(cubin) if out.returncode == 0 else ""
                 m = re.search(r"(\d+) bytes spill stores.*?Used (\d+) registers", out.stderr, re.S)
                 info = f"registers {m.group(2):>3}, spill stores {m.group(1):>5} B" if m else out.stderr[-300:]

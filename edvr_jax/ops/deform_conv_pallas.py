@@ -347,8 +347,8 @@ def _relaxed_add_primitive():
 
 
 _RELAXED_ADD = _relaxed_add_primitive()
-#: Whether the backward kernel's atomics can be relaxed with this jax (else acquire-release: Pallas' default).
-RELAXED_ATOMICS_AVAILABLE = _RELAXED_ADD is not None
+#: The backward kernel's atomics on the GPU with this jax (``relaxed_atomics=True``), as the benchmarks print it.
+BACKWARD_ATOMICS = "relaxed" if _RELAXED_ADD is not None else "acquire-release (fallback: jax internals missing)"
 
 
 def _interpret() -> bool:
