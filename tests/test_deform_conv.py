@@ -2,7 +2,6 @@
 
 import math
 import re
-
 from functools import partial
 
 import jax
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from edvr_jax.ops import modulated_deform_conv
+from edvr_jax.ops.dcn import DCNOptions, PallasConfig, modulated_deform_conv, modulated_deform_conv_packed
+from edvr_jax.ops.dcn import op, pallas, tpu
 
 
 def _bilinear_reference(img, y, x):
@@ -140,7 +140,7 @@ def test_gradients_match_finite_differences(chunk_rows):
     offset = np.floor(offset) + 0.2 + 0.6 * np.random.default_rng(0).uniform(size=offset.shape)
     with jax.enable_x64(True):
         args = [jnp.asarray(a, jnp.float64) for a in (x, offset, mask, kernel, bias)]
-        check_grads(lambda *a: modulated_deform_conv(*a, chunk_rows=chunk_rows), args, order=1, modes=("rev",),
+        check_grads(lambda *a: modulated_deform_conv(*a, options=DCNOptions(chunk_rows=chunk_rows)), args, order=1, modes=("rev",),
                     eps=1e-5, atol=1e-6, rtol=1e-6)
 
 
@@ -153,7 +153,8 @@ def test_row_chunks_equal_one_chunk(chunk_rows, stride, pad, dil):
     assert ho % chunk_rows or chunk_rows == 1  # exercises the zero-padded last chunk (or one row per step)
 
     def loss(chunk, *args):
-        out = modulated_deform_conv(*args, stride=stride, padding=pad, dilation=dil, chunk_rows=chunk)
+        out = modulated_deform_conv(*args, stride=stride, padding=pad, dilation=dil,
+                                    options=DCNOptions(chunk_rows=chunk))
         return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3, 4, 5), has_aux=True), static_argnums=0)
@@ -209,8 +210,12 @@ def test_shape_errors_are_clear():
         modulated_deform_conv(x, offset, mask[:, :-1], kernel, bias)
     with pytest.raises(ValueError, match="input channels"):
         modulated_deform_conv(x[..., :4], offset, mask, kernel, bias)
-    with pytest.raises(ValueError, match="chunk_rows must be >= 1"):
-        modulated_deform_conv(x, offset, mask, kernel, bias, chunk_rows=0)
+    with pytest.raises(ValueError, match="DCNOptions.chunk_rows must be None or an integer >= 1"):
+        modulated_deform_conv(x, offset, mask, kernel, bias, options=DCNOptions(chunk_rows=0))
+    with pytest.raises(ValueError, match="DCNOptions.impl must be one of"):
+        modulated_deform_conv(x, offset, mask, kernel, bias, options=DCNOptions(impl="cuda"))
+    with pytest.raises(TypeError, match="options must be a DCNOptions"):
+        modulated_deform_conv(x, offset, mask, kernel, bias, options="gather")
     with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
         modulated_deform_conv(x[0], offset, mask, kernel, bias)
 
@@ -232,20 +237,14 @@ def _weighted_value_and_grads(dcn, args):
 
 
 def _gather_value_and_grads(form, args, stride=1, pad=1, dil=1):
-    from edvr_jax.ops import deform_conv
-
     x, offset, mask, kernel, bias = args
-    geo_args = (x.shape[1], x.shape[2], 3, 3, (stride, stride), (pad, pad), (dil, dil), mask.shape[-1] // 9)
-    return _weighted_value_and_grads(partial(deform_conv._gather_path, geo_args=geo_args, chunk_rows=None, form=form),
-                                     args)
+    geo = op._geometry(x, kernel, bias, stride, pad, dil, mask, 1, "mask")
+    return _weighted_value_and_grads(partial(op._gather, geo=geo, chunk_rows=None, form=form), args)
 
 
-@pytest.mark.parametrize("form,offset_grad,order", [("gpu", "sums", "gk"), ("gpu", "direct", "gk"),
-                                                    ("gpu", "sums", "kg"), ("tpu", "sums", "gk")])
+@pytest.mark.parametrize("form", ["gpu", "tpu"])
 @pytest.mark.parametrize("stride,pad,dil,groups", [(1, 1, 1, 4), (2, 0, 2, 2), (1, 2, 1, 1)])
-def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, order, stride, pad, dil, groups):
-    monkeypatch.setenv("EDVR_JAX_DCN_OFFSET_GRAD", offset_grad)
-    monkeypatch.setenv("EDVR_JAX_DCN_SAMPLE_ORDER", order)
+def test_accelerator_gather_matches_cpu_gather(form, stride, pad, dil, groups):
     args = _border_case(20 + stride + pad, b=2, h=7, w=9, c=8, groups=groups, o=6, stride=stride, pad=pad, dil=dil)
     out, grads = _gather_value_and_grads(form, args, stride, pad, dil)
     ref, ref_grads = _gather_value_and_grads("cpu", args, stride, pad, dil)
@@ -255,11 +254,10 @@ def test_accelerator_gather_matches_cpu_gather(monkeypatch, form, offset_grad, o
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("form,order", [("gpu", "gk"), ("gpu", "kg"), ("tpu", "gk")])
-def test_accelerator_gather_bfloat16(monkeypatch, form, order):
+@pytest.mark.parametrize("form", ["gpu", "tpu"])
+def test_accelerator_gather_bfloat16(form):
     """bf16 compute (float32 offsets, as EDVR keeps them): within bf16 rounding of the float32 result; the
     gradients come back in each input's dtype."""
-    monkeypatch.setenv("EDVR_JAX_DCN_SAMPLE_ORDER", order)
     x, offset, mask, kernel, bias = _border_case(24, b=1, h=6, w=8, c=16, groups=8, o=16)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
     out, grads = _gather_value_and_grads(form, (bf(x), offset, bf(mask), bf(kernel), bf(bias)))
@@ -276,11 +274,8 @@ def test_tpu_lowering_keeps_pixels_minor():
     """TPU pads the two minor dimensions of every array to (8, 128) tiles: the DCN's gathers and scatters,
     lowered for TPU, end in the output pixels (Ho * Wo) and the padded image's pixels ((H + 2) * (W + 2)),
     never in a group's channels (the layout whose padding made EDVR-M need 44 GB for one f32 clip on a
-    16 GB v5e; benchmarks/README.md). For CUDA the same call keeps the 2x2-window layout."""
-    import re
-
+    16 GB v5e; docs/dcn.md). For CUDA the same call keeps the 2x2-window layout."""
     from edvr_jax.lowering import export
-    from edvr_jax.ops import deform_conv
 
     x, offset, mask, kernel, _ = _random_case(30, b=2, h=7, w=9, c=16, groups=8, o=8)
     grad = jax.grad(lambda *a: modulated_deform_conv(*a).sum(), argnums=(0, 1, 2, 3))
@@ -293,18 +288,28 @@ def test_tpu_lowering_keeps_pixels_minor():
 
     # The scatter's operand: the padded image's pixels, zero-padded to at least 2048 (the gathers' table
     # likewise: XLA TPU keeps a gather from a short table's pixel axis pixels-last only from ~1800 on).
-    assert minor_dims("tpu") == ({7 * 9}, {max(9 * 11, deform_conv._TPU_MIN_TABLE_PIXELS)})
+    assert minor_dims("tpu") == ({7 * 9}, {max(9 * 11, tpu.MIN_TABLE_PIXELS)})
     assert minor_dims("cuda") == ({16 // 8}, {16 // 8})
 
 
 # ------------------------------------------------------------------------------------------ Pallas GPU kernels
 # On CPU the kernels run in Pallas interpret mode: the same kernel code, executed by XLA CPU.
 
-from edvr_jax.ops import deform_conv_pallas  # noqa: E402
-
-
 def _value_and_grads(impl, args, config=None, **conv):
-    return _weighted_value_and_grads(partial(modulated_deform_conv, impl=impl, pallas_config=config, **conv), args)
+    """As ``_weighted_value_and_grads``; for ``impl="pallas"`` it first checks that the kernels really run
+    (a ``pallas_call`` in the traced program), so that a change in ``pallas.supports`` cannot turn these
+    tests into the gather against itself."""
+    dcn = partial(modulated_deform_conv, options=DCNOptions(impl=impl, pallas=config), **conv)
+    assert _uses_pallas(dcn, *args) == (impl == "pallas")
+    return _weighted_value_and_grads(dcn, args)
+
+
+def _uses_pallas(dcn, *args) -> bool:
+    """Whether ``dcn``'s value and gradients, as compiled for this machine, run the Pallas kernels (in
+    interpret mode here: the kernels' names stay in the lowered program's debug info)."""
+    grads = jax.grad(lambda *a: jnp.sum(dcn(*a).astype(jnp.float32)), argnums=tuple(range(len(args))))
+    text = jax.jit(grads).lower(*args).as_text(debug_info=True)
+    return "dcn_fwd" in text and "dcn_bwd" in text
 
 
 def _border_case(seed, **kw):
@@ -315,23 +320,20 @@ def _border_case(seed, **kw):
     return x, offset, mask, kernel, bias
 
 
-@pytest.mark.parametrize("case", ["plain", "strided", "chunked", "pallas-forward", "pallas-backward"])
+@pytest.mark.parametrize("case", ["plain", "strided", "chunked"])
 def test_pallas_matches_gather_float32(case):
-    """Values and gradients wrt x, offset, mask, kernel and bias equal the gather path's (also with the
-    kernels for one pass only and the gather for the other)."""
+    """Values and gradients wrt x, offset, mask, kernel and bias equal the gather path's."""
     cfg = None
     conv = {}
-    impl = case if case.startswith("pallas") else "pallas"
-    if case == "plain" or impl != "pallas":  # N = 84: a partial last tile
+    if case == "plain":  # N = 84: a partial last tile
         args = _border_case(10, b=2, h=6, w=7, c=16, groups=4, o=16)
     elif case == "strided":
         conv = dict(stride=2, padding=0, dilation=2)
         args = _border_case(11, b=1, h=9, w=8, c=16, groups=2, o=32, stride=2, pad=0, dil=2)
     else:  # channel blocks of 2 groups, taps unrolled, several backward tiles per program
-        cfg = deform_conv_pallas.PallasConfig(block_p=16, block_c=16, tap_loop=False, bwd_block_p=16,
-                                              bwd_programs=2 * 9 * 2)
+        cfg = PallasConfig(block_p=16, block_c=16, tap_loop=False, bwd_block_p=16, bwd_programs=2 * 9 * 2)
         args = _border_case(12, b=2, h=5, w=9, c=32, groups=8, o=16)
-    out, grads = _value_and_grads(impl, args, cfg, **conv)
+    out, grads = _value_and_grads("pallas", args, cfg, **conv)
     ref, ref_grads = _value_and_grads("gather", args, **conv)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
     for name, g, g_ref in zip(("x", "offset", "mask", "kernel", "bias"), grads, ref_grads):
@@ -368,19 +370,19 @@ def _unpacked(offset_mask):
     return offset_mask[..., :n_off], jax.nn.sigmoid(jnp.asarray(offset_mask[..., n_off:], jnp.float32))
 
 
-@pytest.mark.parametrize("impl", ["gather", "pallas", "pallas-forward", "pallas-backward"])
+@pytest.mark.parametrize("impl", ["gather", "pallas"])
 def test_packed_offsets_equal_split_offsets(impl):
     """Value and gradients (wrt x, the packed array, kernel, bias) equal those of the split call on the
     gather path: the offsets' gradient in the first 2GK channels, the logits' (mask gradient times the
     sigmoid's derivative) in the last GK. Pallas in interpret mode; its forward kernel reads the packed array
     and takes the sigmoid in the kernel."""
-    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
-
     args = _packed_case(40, b=2, h=5, w=6, c=16, groups=4, o=16)
-    out, grads = _weighted_value_and_grads(partial(modulated_deform_conv_packed, impl=impl), args)
+    packed = partial(modulated_deform_conv_packed, options=DCNOptions(impl=impl))
+    assert _uses_pallas(packed, *args) == (impl == "pallas")
+    out, grads = _weighted_value_and_grads(packed, args)
 
     def split(x, om, kernel, bias):
-        return modulated_deform_conv(x, *_unpacked(om), kernel, bias, impl="gather")
+        return modulated_deform_conv(x, *_unpacked(om), kernel, bias, options=DCNOptions(impl="gather"))
     ref, ref_grads = _weighted_value_and_grads(split, args)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
     for name, g, g_ref in zip(("x", "offset_mask", "kernel", "bias"), grads, ref_grads):
@@ -392,12 +394,13 @@ def test_packed_forward_kernel_bfloat16_and_export():
     """bf16 inference through "auto" lowered for CUDA: the kernel reads the packed array itself (no slice or
     sigmoid left outside it); in interpret mode its result is the split call's within bf16 rounding."""
     from edvr_jax.lowering import export, has_triton_kernels
-    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
 
     x, om, kernel, bias = _packed_case(41, b=1, h=6, w=8, c=16, groups=8, o=16)
     bf = lambda a: jnp.asarray(a, jnp.bfloat16)  # noqa: E731
-    out = modulated_deform_conv_packed(bf(x), bf(om), bf(kernel), bf(bias), impl="pallas-forward")
-    ref = modulated_deform_conv(x, *_unpacked(om), kernel, bias, impl="gather")
+    kernel_forward = partial(modulated_deform_conv_packed, options=DCNOptions(impl="pallas"))
+    assert "pallas_call" in str(jax.make_jaxpr(kernel_forward)(bf(x), bf(om), bf(kernel), bf(bias)))
+    out = kernel_forward(bf(x), bf(om), bf(kernel), bf(bias))
+    ref = modulated_deform_conv(x, *_unpacked(om), kernel, bias, options=DCNOptions(impl="gather"))
     assert out.dtype == jnp.bfloat16
     a, b = np.asarray(out, np.float32), np.asarray(ref)
     assert np.linalg.norm(a - b) <= 0.01 * np.linalg.norm(b)
@@ -413,10 +416,8 @@ def test_packed_forward_kernel_bfloat16_and_export():
 
 
 def test_packed_offsets_bad_shapes():
-    from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
-
     x, om, kernel, bias = _packed_case(42, b=1, h=5, w=6, c=16, groups=4, o=16)
-    with pytest.raises(ValueError, match=r"offset_mask must be \[B, Ho, Wo, 3\*G\*3\*3\] = \[1, 5, 6, G\*27\]"):
+    with pytest.raises(ValueError, match=r"offset_mask must be \[B, Ho, Wo, G\*27\] = \[1, 5, 6, G\*27\]"):
         modulated_deform_conv_packed(x, om[..., :-1], kernel, bias)
     with pytest.raises(ValueError, match="offset_mask must be"):
         modulated_deform_conv_packed(x, om[:, :4], kernel, bias)
@@ -426,45 +427,43 @@ def test_packed_offsets_bad_shapes():
         modulated_deform_conv_packed(x, om, kernel, bias[:3])
 
 
-def _uses_pallas(x, offset, mask, kernel, bias=None, **kw) -> bool:
-    return "pallas_call" in str(jax.make_jaxpr(lambda *a: modulated_deform_conv(*a, **kw))(x, offset, mask, kernel, bias))
+def _traces_kernels(x, offset, mask, kernel, bias=None, impl="auto") -> bool:
+    fn = lambda *a: modulated_deform_conv(*a, options=DCNOptions(impl=impl))  # noqa: E731
+    return "pallas_call" in str(jax.make_jaxpr(fn)(x, offset, mask, kernel, bias))
 
 
-def test_implementation_selection_and_fallback(monkeypatch):
+def test_implementation_selection_and_fallback():
     x, offset, mask, kernel, bias = _random_case(14, b=1, h=4, w=5, c=16, groups=4, o=16)
-    assert _uses_pallas(x, offset, mask, kernel, bias, impl="pallas")
+    assert _traces_kernels(x, offset, mask, kernel, bias, impl="pallas")
     # "auto": the kernels only in the CUDA branch of a bfloat16 DCN (lowered only there; see the CUDA test).
-    assert not _uses_pallas(x, offset, mask, kernel, bias, impl="auto")
-    assert _uses_pallas(jnp.asarray(x, jnp.bfloat16), offset, mask, jnp.asarray(kernel, jnp.bfloat16), impl="auto")
-    assert not _uses_pallas(x, offset, mask, kernel, bias, impl="gather")
+    assert not _traces_kernels(x, offset, mask, kernel, bias, impl="auto")
+    assert _traces_kernels(jnp.asarray(x, jnp.bfloat16), offset, mask, jnp.asarray(kernel, jnp.bfloat16))
+    assert not _traces_kernels(x, offset, mask, kernel, bias, impl="gather")
     # Shapes the kernels do not take fall back to the gather: 8 channels, 3 output channels, float64.
     x8, off8, mask8, kern8, _ = _random_case(14, b=1, h=4, w=5, c=8, groups=4, o=16)
-    assert not _uses_pallas(x8, off8, mask8, kern8, impl="pallas")
-    assert not _uses_pallas(x, offset, mask, kernel[..., :3], impl="pallas")
-    assert deform_conv_pallas.supports(x.shape, jnp.float64, 16, 4) is not None
-    # The environment variable overrides "auto" (not an explicit choice).
-    monkeypatch.setenv("EDVR_JAX_DCN_IMPL", "gather")
-    assert not _uses_pallas(x, offset, mask, kernel, bias)
-    assert _uses_pallas(x, offset, mask, kernel, bias, impl="pallas")
-    monkeypatch.setenv("EDVR_JAX_DCN_IMPL", "triton")
-    with pytest.raises(ValueError, match="EDVR_JAX_DCN_IMPL"):
-        modulated_deform_conv(x, offset, mask, kernel, bias)
-    with pytest.raises(ValueError, match="impl must be one of"):
-        modulated_deform_conv(x, offset, mask, kernel, bias, impl="cuda")
+    assert not _traces_kernels(x8, off8, mask8, kern8, impl="pallas")
+    assert not _traces_kernels(x, offset, mask, kernel[..., :3], impl="pallas")
+    assert pallas.supports(x.shape, jnp.float64, 16, 4) is not None
     # On CPU "auto" compiles the gather path alone: no kernel in the program.
-    monkeypatch.delenv("EDVR_JAX_DCN_IMPL")
     hlo = jax.jit(modulated_deform_conv).lower(x, offset, mask, kernel, bias).as_text()
     assert "custom_call" not in hlo and "triton" not in hlo
 
 
-def test_pallas_config_from_environment(monkeypatch):
-    assert deform_conv_pallas.config_for(jnp.bfloat16) == deform_conv_pallas.PallasConfig()
-    monkeypatch.setenv("EDVR_JAX_DCN_PALLAS", "block_p=32, tap_loop=false,bwd_warps=4")
-    cfg = deform_conv_pallas.config_for(jnp.float32)
-    assert (cfg.block_p, cfg.tap_loop, cfg.bwd_warps, cfg.bwd_block_p) == (32, False, 4, 16)
-    monkeypatch.setenv("EDVR_JAX_DCN_PALLAS", "blockp=32")
-    with pytest.raises(ValueError, match="unknown field"):
-        deform_conv_pallas.config_for(jnp.float32)
+def test_options_reach_every_dcn_of_the_model():
+    """``EDVR(dcn=...)`` is what every DCN of the model computes with: the model traced with ``impl="pallas"``
+    runs the kernels (one pallas_call per DCN: 4 in PCD), with the default it runs none, and both give the
+    same output."""
+    from edvr_jax import EDVR
+
+    x = jax.random.uniform(jax.random.key(0), (1, 3, 8, 8, 3))
+    model = EDVR(num_feat=16, num_frame=3, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
+    variables = model.init(jax.random.key(1), x)
+    kernels = model.clone(dcn=DCNOptions(impl="pallas"))
+    # Each of the 4 DCNs of PCD holds the kernels twice: the CUDA branch and the interpret-mode one.
+    assert str(jax.make_jaxpr(kernels.apply)(variables, x)).count("pallas_call") == 2 * 4
+    assert "pallas_call" not in str(jax.make_jaxpr(model.apply)(variables, x))
+    np.testing.assert_allclose(np.asarray(kernels.apply(variables, x)), np.asarray(model.apply(variables, x)),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_pallas_kernels_lower_for_cuda():
@@ -475,12 +474,12 @@ def test_pallas_kernels_lower_for_cuda():
     x, offset, mask, kernel, bias = _random_case(15, b=1, h=8, w=8, c=16, groups=8, o=16)
 
     def grad(impl):
-        loss = lambda *a: modulated_deform_conv(*a, impl=impl).astype(jnp.float32).sum()  # noqa: E731
+        loss = lambda *a: modulated_deform_conv(*a, options=DCNOptions(impl=impl)).astype(jnp.float32).sum()  # noqa: E731
         return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))
 
     for dtype in (jnp.float32, jnp.bfloat16):
         args = (jnp.asarray(x, dtype), offset, mask, jnp.asarray(kernel, dtype), jnp.asarray(bias, dtype))
-        forward = partial(modulated_deform_conv, impl="pallas")
+        forward = partial(modulated_deform_conv, options=DCNOptions(impl="pallas"))
         assert has_triton_kernels(export(forward, *args, platforms=("cuda",)))
         exported = export(grad("pallas"), *args, platforms=("cuda",))
         assert exported.mlir_module().count("xla.gpu.triton") >= 2  # forward and backward kernels
@@ -492,9 +491,11 @@ def test_pallas_kernels_lower_for_cuda():
 def test_pallas_backward_atomics_are_relaxed(monkeypatch):
     """The backward kernel's input-gradient adds lower for CUDA to relaxed atomics (``tt.atomic_rmw fadd,
     relaxed``), not Pallas' default acquire-release, which ptxas compiles to a GPU-wide memory barrier and an
-    L1 invalidation around every add (``MEMBAR.ALL.GPU``, ``CCTL.IVALL``; relaxed: ``REDG`` alone);
-    ``relaxed_atomics=False`` gives the default back. Read from the Triton module that Pallas lowers."""
+    L1 invalidation around every add (``MEMBAR.ALL.GPU``, ``CCTL.IVALL``; relaxed: ``REDG`` alone). Read from
+    the Triton module that Pallas lowers."""
     from jax._src.pallas.triton import pallas_call_registration as registration
+
+    from edvr_jax.ops.dcn.sampling import Geometry
 
     modules = []
     lower_module = registration.lowering.lower_jaxpr_to_triton_module
@@ -506,15 +507,10 @@ def test_pallas_backward_atomics_are_relaxed(monkeypatch):
 
     monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", capture)
     x, offset, mask, kernel, _ = _random_case(16, b=1, h=8, w=8, c=16, groups=8, o=16)
-    d = deform_conv_pallas.Dims(1, 8, 8, 16, 8, 8, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1))
+    geo = Geometry(1, 8, 8, 16, 8, 8, 16, 8, 3, 3, (1, 1), (1, 1), (1, 1))
     args = (x, offset.reshape(64, -1), mask.reshape(64, -1), kernel.reshape(9, 16, 16), jnp.ones((64, 16)))
-    semantics = {}
-    for relaxed in (True, False):
-        cfg = deform_conv_pallas.PallasConfig(relaxed_atomics=relaxed)
-        modules.clear()
-        jax.jit(lambda *a: deform_conv_pallas.backward(*a, d, cfg, False)).trace(*args).lower(
-            lowering_platforms=("cuda",))
-        (module,) = modules
-        semantics[relaxed] = sorted(set(re.findall(r"tt\.atomic_rmw fadd, (\w+)", module)))
-        assert module.count("tt.atomic_rmw") == 4  # one per bilinear corner
-    assert semantics == {True: ["relaxed"], False: ["acq_rel"]}
+    jax.jit(lambda *a: pallas.backward(*a, geo, PallasConfig(), False)).trace(*args).lower(
+        lowering_platforms=("cuda",))
+    (module,) = modules
+    assert module.count("tt.atomic_rmw") == 4  # one per bilinear corner
+    assert sorted(set(re.findall(r"tt\.atomic_rmw fadd, (\w+)", module))) == ["relaxed"]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from edvr_jax.models.layers import Conv2d, Dtype, conv_initializers
-from edvr_jax.ops.deform_conv import modulated_deform_conv_packed
+from edvr_jax.ops.dcn import DCNOptions, modulated_deform_conv_packed
 
 logger = logging.getLogger("edvr_jax")
 
@@ -64,6 +64,8 @@ class DCNv2Pack(nn.Module):
     a ``lax.cond`` + ``jax.debug.callback``: for debugging only, as it costs 12-17 % of GPU
     inference and ``jax.export`` cannot serialize host callbacks.
 
+    ``dcn``: how the op is computed (``DCNOptions``; the same values whatever it says).
+
     Params: ``kernel`` ``[3, 3, in, features]``, ``bias``, ``conv_offset/{kernel,bias}``.
     """
 
@@ -72,6 +74,7 @@ class DCNv2Pack(nn.Module):
     offset_warning: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    dcn: DCNOptions = DCNOptions()
 
     @nn.compact
     def __call__(self, x: jax.Array, feat: jax.Array) -> jax.Array:
@@ -95,4 +98,4 @@ class DCNv2Pack(nn.Module):
         kernel = self.param("kernel", kernel_init, (k, k, in_ch, self.features), self.param_dtype)
         bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         return modulated_deform_conv_packed(x.astype(self.dtype), out, kernel.astype(self.dtype), bias,
-                                            stride=1, padding=1, dilation=1)
+                                            stride=1, padding=1, dilation=1, options=self.dcn)

@@ -14,6 +14,7 @@ from edvr_jax.models.layers import Conv2d, Dtype, lrelu, residual_blocks
 from edvr_jax.models.pcd import PCDAlignment
 from edvr_jax.models.predeblur import PredeblurModule
 from edvr_jax.models.tsa import TSAFusion
+from edvr_jax.ops.dcn import DCNOptions
 from edvr_jax.ops.resize import pixel_shuffle, upsample_bilinear
 
 #: Named configurations of the published models (BasicSR's option files).
@@ -47,7 +48,8 @@ class EDVR(nn.Module):
     warning with ``edvr_jax.models.warn_offsets`` (outside jit, free).
     ``offset_warning=True`` (off by default) logs from inside the jitted graph instead:
     for debugging only (a host callback per DCN: 12-17 % slower on a GPU, and
-    ``jax.export`` cannot serialize it).
+    ``jax.export`` cannot serialize it). ``dcn``: how the deformable convolutions are computed
+    (``edvr_jax.ops.DCNOptions``: implementation, row chunks; the same values whatever it says).
     """
 
     num_in_ch: int = 3
@@ -63,6 +65,7 @@ class EDVR(nn.Module):
     with_tsa: bool = True
     dtype: Dtype = jnp.float32
     offset_warning: bool = False
+    dcn: DCNOptions = DCNOptions()
 
     @property
     def center(self) -> int:
@@ -134,7 +137,7 @@ class EDVR(nn.Module):
         feats = (feat_l1, feat_l2, feat_l3)
         refs = [einops.rearrange(f, "(b t) h w c -> b t h w c", t=t)[:, self.center] for f in feats]
         aligned = PCDAlignment(nf, self.deformable_groups, offset_warning=self.offset_warning, dtype=dt,
-                               name="pcd_align")(feats, refs)
+                               dcn=self.dcn, name="pcd_align")(feats, refs)
         aligned = einops.rearrange(aligned, "(b t) h w c -> b t h w c", t=t)
 
         if self.with_tsa:
@@ -186,10 +189,11 @@ class TwoStageEDVR(nn.Module):
     stage2: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PRESETS["edvr_l_stage2"]))
     dtype: Dtype = jnp.float32
     offset_warning: bool = False
+    dcn: DCNOptions = DCNOptions()
 
     def _stage_kwargs(self, which: int) -> dict[str, Any]:
         cfg = self.stage1 if which == 1 else self.stage2
-        return dict(cfg, dtype=self.dtype, offset_warning=self.offset_warning)
+        return dict(cfg, dtype=self.dtype, offset_warning=self.offset_warning, dcn=self.dcn)
 
     def stages(self) -> tuple[EDVR, EDVR]:
         """The two EDVRs as unbound modules (``stage.apply({'params': params['stage1']}, x)``)."""

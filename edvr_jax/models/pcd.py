@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from edvr_jax.models.dcn import DCNv2Pack
 from edvr_jax.models.layers import Conv2d, Dtype, lrelu
+from edvr_jax.ops.dcn import DCNOptions
 from edvr_jax.ops.resize import upsample_bilinear
 
 
@@ -30,6 +31,7 @@ class PCDAlignment(nn.Module):
     deformable_groups: int = 8
     offset_warning: bool = False
     dtype: Dtype = jnp.float32
+    dcn: DCNOptions = DCNOptions()
 
     @nn.compact
     def __call__(self, nbr_feats: Sequence[jax.Array], ref_feats: Sequence[jax.Array]) -> jax.Array:
@@ -40,8 +42,9 @@ class PCDAlignment(nn.Module):
         neighbours (one per clip, as ``EDVR`` passes them); the offset convs then take the reference's half
         of their input once per clip instead of once per frame (``Conv2d`` with parts). Same result."""
         conv = lambda name: Conv2d(self.num_feat, dtype=self.dtype, name=name)  # noqa: E731
-        dcn = lambda name: DCNv2Pack(self.num_feat, self.deformable_groups,  # noqa: E731
-                                     offset_warning=self.offset_warning, dtype=self.dtype, name=name)
+        dcn_pack = lambda name: DCNv2Pack(self.num_feat, self.deformable_groups,  # noqa: E731
+                                     offset_warning=self.offset_warning, dtype=self.dtype, dcn=self.dcn,
+                                     name=name)
         up_offset = up_feat = None
         for i in (3, 2, 1):
             level = f"l{i}"
@@ -52,7 +55,7 @@ class PCDAlignment(nn.Module):
             else:
                 offset = lrelu(conv(f"offset_conv2_{level}")(jnp.concatenate([offset, up_offset], axis=-1)))
                 offset = lrelu(conv(f"offset_conv3_{level}")(offset))
-            feat = dcn(f"dcn_pack_{level}")(nbr, offset)
+            feat = dcn_pack(f"dcn_pack_{level}")(nbr, offset)
             if i < 3:
                 feat = conv(f"feat_conv_{level}")(jnp.concatenate([feat, up_feat], axis=-1))
             if i > 1:
@@ -62,4 +65,4 @@ class PCDAlignment(nn.Module):
                 up_feat = upsample_bilinear(feat, 2)
 
         offset = lrelu(conv("cas_offset_conv2")(lrelu(conv("cas_offset_conv1")(_pair(feat, ref_feats[0])))))
-        return lrelu(dcn("cas_dcnpack")(feat, offset))
+        return lrelu(dcn_pack("cas_dcnpack")(feat, offset))
