@@ -215,8 +215,8 @@ class Validator:
 
     def __call__(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """``(summary, {name: input | output | GT panel})``."""
-        from edvr_jax import data, evaluation
-        from edvr_jax.restorer import StageRunner
+        from edvr_jax import data, scoring
+        from edvr_jax.inference import StageRunner
 
         dc = self.cfg.data
         runner = StageRunner(self.model, params, self.cfg.val_batch_size, apply_fn=self._apply_on_mesh)
@@ -224,13 +224,13 @@ class Validator:
 
         def keep(clip, f, out):
             if len(panels) < self.cfg.num_val_images and f == len(clip.gt) // 2:
-                lq = evaluation.baseline(clip.lq[f], self.reader.scale)
+                lq = scoring.baseline(clip.lq[f], self.reader.scale)
                 panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate([lq, out, clip.gt[f]], axis=1)
 
-        results = evaluation.evaluate(lambda clip: runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding),
+        results = scoring.evaluate(lambda clip: runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding),
                                       data.eval_clips(self.reader, dc.val_clips), self.reader.scale,
                                       dc.val_crop_border, on_frame=keep, baseline_cache=self.baseline_cache)
-        return evaluation.summarize(results), panels
+        return scoring.summarize(results), panels
 
 
 # -------------------------------------------------------------------------------------------- loop
@@ -330,7 +330,7 @@ def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = No
 
 
 def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
-    from edvr_jax import metric_log  # TensorBoard through TensorFlow: only for the loop
+    from edvr_jax import run_log  # TensorBoard through TensorFlow: only for the loop
 
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
@@ -354,7 +354,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
-    metrics_log = _MetricsLog(metric_log.create_writer(workdir, lead, resume_step=step), cfg, step)
+    metrics_log = _MetricsLog(run_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
     bar = _Progress(lead and progress, cfg.total_steps, step)
     summary, first = {}, step

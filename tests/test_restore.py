@@ -13,11 +13,11 @@ from golden_weights import synthetic_state_dict, synthetic_variables
 from PIL import Image
 
 from edvr_jax import EDVR, Restorer, load
-from edvr_jax.evaluation import baseline
+from edvr_jax.scoring import baseline
 from edvr_jax.export import export_params, export_safetensors
-from edvr_jax.io import InputError, Writer, read_clip, to_uint8
+from edvr_jax.media import InputError, Writer, read_clip, to_uint8
 from edvr_jax.metrics import psnr, rgb_to_y, ssim
-from edvr_jax.restorer import tile_starts
+from edvr_jax.inference import tile_starts
 from edvr_jax.temporal import window_table
 
 ROOT = Path(__file__).resolve().parent.parent

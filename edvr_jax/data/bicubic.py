@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from edvr_jax.io import to_uint8
+from edvr_jax.media import to_uint8
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

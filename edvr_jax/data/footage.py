@@ -44,7 +44,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from edvr_jax import io as clip_io
+from edvr_jax import media
 from edvr_jax.data.bicubic import _weights
 from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.degrade import DEGRADATIONS, add_noise, degrade
@@ -53,8 +53,8 @@ from edvr_jax.data.pipeline import EvalClip
 
 log = logging.getLogger(__name__)
 
-FRAME_SUFFIXES = clip_io.IMAGE_SUFFIXES
-VIDEO_SUFFIXES = clip_io.VIDEO_SUFFIXES
+FRAME_SUFFIXES = media.IMAGE_SUFFIXES
+VIDEO_SUFFIXES = media.VIDEO_SUFFIXES
 LQ_FOLDERS = {"bi": ("LQ", "lq", "BIx4"), "bd": ("LQ", "lq", "BDx4")}
 
 
@@ -174,7 +174,7 @@ class Frames:
 def probe(path: Path, what: str) -> Frames:
     """The ``Frames`` of a frame folder (headers read) or a video (decoded once)."""
     if path.is_dir():
-        files = clip_io.list_frames(path, what, DatasetError, FRAME_SUFFIXES)
+        files = media.list_frames(path, what, DatasetError, FRAME_SUFFIXES)
         size = None
         for f in files:
             try:
