@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from edvr_jax import checkpointing, optim, sharding, weights
-from edvr_jax.errors import UserError
+from edvr_jax.errors import ArgumentError, UserError, check_arguments
 from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
 from edvr_jax.models.edvr import EDVR
 from edvr_jax.temporal import PADDING_MODES
@@ -51,8 +51,10 @@ class ConfigError(UserError, ValueError):
 
 
 def validate_config(cfg) -> None:
-    """Checks every field that can be checked without data or devices, before any work starts."""
-    from edvr_jax.data import DATASETS
+    """Checks every field that can be checked without data or devices, before any work starts.
+    The model's arguments and the training windows are checked by their owners
+    (``EDVR.check_arguments``, ``WindowSpec``), their errors named by the config's fields."""
+    from edvr_jax.data import DATASETS  # (imports TFDS: only when a config is checked)
 
     m, d, o = cfg.model, cfg.data, cfg.optim
     checks = [
@@ -64,20 +66,7 @@ def validate_config(cfg) -> None:
         ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1"),
         ("val_batch_size", cfg.val_batch_size, cfg.val_batch_size >= 1, ">= 1"),
         ("compute_dtype", cfg.compute_dtype, cfg.compute_dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
-        ("model.num_frame", m.num_frame, m.num_frame >= 1 and m.num_frame % 2 == 1, "odd and >= 1"),
-        ("model.num_feat", m.num_feat, m.num_feat >= 1 and m.num_feat % m.deformable_groups == 0,
-         f"a positive multiple of model.deformable_groups ({m.deformable_groups})"),
-        ("model.deformable_groups", m.deformable_groups, m.deformable_groups >= 1, ">= 1"),
-        ("model.hr_in", m.hr_in, not m.hr_in or m.with_predeblur, "False unless model.with_predeblur is True"),
-        ("model.center_frame_idx", m.center_frame_idx,
-         m.center_frame_idx is None or 0 <= m.center_frame_idx < m.num_frame, f"None or in [0, {m.num_frame})"),
         ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
-        ("data.gt_size", d.gt_size, d.gt_size >= 16 and d.gt_size % 16 == 0,
-         "a positive multiple of 16 (the LQ patch, gt_size / 4 for x4 SR, must be a multiple of 4; with "
-         "hr_in the patch is gt_size itself and must be a multiple of 16)"),
-        ("data.interval_list", d.interval_list, len(d.interval_list) > 0 and all(i >= 1 for i in d.interval_list),
-         "a non-empty tuple of positive integers"),
-        ("data.centers", d.centers, d.centers in ("all", "fitting"), "'all' or 'fitting'"),
         ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
         ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),
         ("optim.lr", o.lr, o.lr > 0, "> 0"),
@@ -94,9 +83,30 @@ def validate_config(cfg) -> None:
         ("mesh.data", cfg.mesh.data, cfg.mesh.data == -1 or cfg.mesh.data >= 1, "-1 (all devices) or >= 1"),
         ("mesh.fsdp", cfg.mesh.fsdp, cfg.mesh.fsdp == -1 or cfg.mesh.fsdp >= 1, "-1 (all devices) or >= 1"),
     ]
-    bad = [f"{name}={value!r}: must be {allowed}" for name, value, ok, allowed in checks if not ok]
+    model = EDVR(**m)
+    bad = []
+    for check, rename in ((lambda: check_arguments(checks), str),
+                          (model.check_arguments, lambda name: f"model.{name}"),
+                          (lambda: window_spec(cfg).lq_patch(model.scale, model.size_multiple), _window_field)):
+        try:
+            check()
+        except ArgumentError as e:
+            bad += e.lines(rename)
     if bad:
         raise ConfigError("invalid config: " + "; ".join(bad))
+
+
+def window_spec(cfg):
+    """The ``data.WindowSpec`` of a config's training windows (``model.num_frame``, ``data.*``)."""
+    from edvr_jax.data import WindowSpec
+
+    d = cfg.data
+    return WindowSpec(num_frame=cfg.model.num_frame, gt_size=d.gt_size, interval_list=tuple(d.interval_list),
+                      random_reverse=d.random_reverse, use_hflip=d.use_hflip, use_rot=d.use_rot, centers=d.centers)
+
+
+def _window_field(name: str) -> str:
+    return "model.num_frame" if name == "num_frame" else f"data.{name}"
 
 
 # ------------------------------------------------------------------------------------------- state
@@ -246,10 +256,7 @@ def _setup_data(cfg, lead: bool):
         multihost_utils.sync_global_devices("dataset built")
     builder = data.load_config_builder(dc)
     reader = data.ClipReader(builder, dc.train_split)
-    spec = data.WindowSpec(num_frame=cfg.model.num_frame, gt_size=dc.gt_size, interval_list=tuple(dc.interval_list),
-                           random_reverse=dc.random_reverse, use_hflip=dc.use_hflip, use_rot=dc.use_rot,
-                           centers=dc.centers)
-    loader = data.train_loader(reader, spec, cfg.batch_size, seed=cfg.seed, worker_count=dc.worker_count)
+    loader = data.train_loader(reader, window_spec(cfg), cfg.batch_size, seed=cfg.seed, worker_count=dc.worker_count)
     val_reader = data.ClipReader(builder, dc.val_split) if dc.val_split and cfg.eval_every else None
     return reader, val_reader, loader
 
@@ -341,7 +348,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     batches = iter(loader)
     # ------------------------------------------------------------------ model and state
     model = _build_model(cfg, reader.scale, reader.name)
-    lq_patch = cfg.data.gt_size // reader.scale
+    lq_patch = window_spec(cfg).lq_patch(reader.scale, model.size_multiple)
     schedule = make_schedule(cfg.optim)
     tx = make_tx(cfg.optim, schedule)
     state, shardings = init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, lq_patch, lq_patch))

@@ -285,6 +285,20 @@ def test_clip_shorter_than_the_window_is_an_error(coded_reader):
         train_loader(coded_reader, WindowSpec(num_frame=5, gt_size=16, interval_list=(1, 2)), 4, seed=0)
 
 
+def test_window_spec_checks_itself_and_its_patch(coded_reader):
+    with pytest.raises(ValueError, match=r"num_frame=4: must be odd .*; centers='middle': must be 'all' or 'fitting'"):
+        WindowSpec(num_frame=4, centers="middle")
+    with pytest.raises(ValueError, match=r"interval_list=\(\): must be a non-empty tuple of positive integers"):
+        WindowSpec(interval_list=())
+    spec = WindowSpec(num_frame=3, gt_size=24)
+    assert spec.lq_patch(4) == 6 and spec.lq_patch(1, 8) == 24
+    with pytest.raises(ValueError, match=r"gt_size=24: must be a positive multiple of 16 \(the LQ patch, gt_size / 4, "
+                                         r"must be a multiple of 4\)"):
+        spec.lq_patch(4, 4)
+    with pytest.raises(ValueError, match=r"gt_size=18: must be a positive multiple of 4 \(x4 data\)"):
+        train_loader(coded_reader, WindowSpec(num_frame=3, gt_size=18), 4, seed=0)
+
+
 def test_test_windows_use_the_padding_modes(coded_reader):
     """The windows the restorer cuts from whole test clips (window_table over eval_clips)."""
     clips = {c.name: c for c in eval_clips(coded_reader)}

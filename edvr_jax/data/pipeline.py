@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from edvr_jax.data.frames import DatasetError, decode_png
 from edvr_jax.data.grain_compat import allow_worker_processes
+from edvr_jax.errors import check_arguments
 
 
 class ClipReader:
@@ -74,7 +75,7 @@ class ClipReader:
 
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
-    """How training windows are drawn, with BasicSR's option names."""
+    """How training windows are drawn, with BasicSR's option names; checked when made."""
 
     num_frame: int = 5
     gt_size: int = 256  # GT patch side; the LQ patch is gt_size / scale
@@ -86,14 +87,31 @@ class WindowSpec:
     # re-drawn (BasicSR's REDS); 'fitting': only centres whose window fits (BasicSR's Vimeo).
     centers: str = "all"
 
+    def __post_init__(self):
+        check_arguments([
+            ("num_frame", self.num_frame, self.num_frame >= 1 and self.num_frame % 2 == 1,
+             "odd (a window centred on its frame)"),
+            ("gt_size", self.gt_size, self.gt_size >= 1, "a positive integer"),
+            ("interval_list", self.interval_list,
+             len(self.interval_list) > 0 and all(i >= 1 for i in self.interval_list),
+             "a non-empty tuple of positive integers"),
+            ("centers", self.centers, self.centers in ("all", "fitting"), "'all' or 'fitting'"),
+        ])
+
+    def lq_patch(self, scale: int, size_multiple: int = 1) -> int:
+        """The LQ patch side, ``gt_size / scale``, for data of that scale and a model whose input
+        sides are multiples of ``size_multiple``; an ``ArgumentError`` when it cannot be."""
+        multiple = scale * size_multiple
+        why = f"the LQ patch, gt_size / {scale}, must be a multiple of {size_multiple}" if size_multiple > 1 else \
+            f"x{scale} data"
+        check_arguments([("gt_size", self.gt_size, self.gt_size % multiple == 0,
+                          f"a positive multiple of {multiple} ({why})")])
+        return self.gt_size // scale
+
 
 def _check_windows(reader: ClipReader, spec: WindowSpec):
-    if spec.num_frame % 2 != 1:
-        raise ValueError(f"num_frame must be odd, got {spec.num_frame}")
-    if spec.centers not in ("all", "fitting"):
-        raise ValueError(f"centers must be 'all' or 'fitting', got {spec.centers!r}")
-    if spec.gt_size % reader.scale:
-        raise ValueError(f"gt_size {spec.gt_size} is not a multiple of the dataset's scale {reader.scale}")
+    """Every clip of the split holds a whole window, and the patch fits the data's scale."""
+    spec.lq_patch(reader.scale)
     span = (spec.num_frame - 1) * max(spec.interval_list) + 1
     for name, _, count in reader.clips:
         if count < span:
