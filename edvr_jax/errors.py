@@ -23,7 +23,9 @@ class ArgumentError(ValueError):
     """Arguments that cannot work, as ``problems``: ``(name, value, allowed)``, where ``allowed``
     may name other arguments as ``{name}``. The message reads ``name=value: must be allowed; ...``;
     ``lines(rename)`` gives the same lines under the caller's names (a training config's
-    ``model.num_frame`` for EDVR's ``num_frame``), so each rule is written once, by its owner."""
+    ``model.num_frame`` for EDVR's ``num_frame``), so each rule is written once, by its owner.
+    It is a caller's mistake in code, not a ``UserError``; ``training.validate_config`` reports a
+    config's as a ``ConfigError``."""
 
     def __init__(self, problems: Iterable[tuple[str, Any, str]]):
         self.problems = list(problems)
