@@ -26,7 +26,7 @@ from PIL import Image
 
 from edvr_jax.cli import define_config_flag, exit_on_user_error, parse_absl_flags, quiet_dependencies
 from edvr_jax.errors import UserError
-from edvr_jax.restorer import TILE_OVERLAP
+from edvr_jax.inference import TILE_OVERLAP
 from edvr_jax.temporal import PADDING_MODES
 
 _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, data config, "
@@ -34,7 +34,7 @@ _CONFIG = define_config_flag("config", None, "A train.py config: its dataset, da
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "train.py workdir, converted/exported dir, or .pth/.safetensors.")
 _DATASET = flags.DEFINE_string("dataset", "demo", "demo | demo_video | reds4 | vid4 | vimeo90k_test | footage (the "
                                "test split; with --config) | a folder: GT/<clip>/ frames or GT/<clip>.mp4 videos, "
-                               "optional LQ/<clip>/ (edvr_jax.data.footage).")
+                               "optional LQ/<clip>/ (edvr_jax.data.folders).")
 _DEGRADATION = flags.DEFINE_string("degradation", None, "For a folder: how LQ is made from GT "
                                  "where the folder gives none (bi: MATLAB bicubic, bd: Gaussian blur + decimation); "
                                  "default: bd for a bd_* --data_config, else bi.")
@@ -75,14 +75,14 @@ def _run_data(checkpoint: str):
 
 
 def print_table(results: list, summary: dict) -> None:
-    from edvr_jax import evaluation
+    from edvr_jax import scoring
 
-    head = f"{'clip':>12} " + " ".join(f"{k:>8} {'(base)':>8}" for k in evaluation.METRICS)
+    head = f"{'clip':>12} " + " ".join(f"{k:>8} {'(base)':>8}" for k in scoring.METRICS)
     print(head)
     for r in results + [None]:
         m, name = (r.mean(), r.name) if r is not None else (summary, "average")
         print(f"{name:>12} " + " ".join(f"{m[k]:8.4f} {m['base_' + k]:8.4f}" if "ssim" in k
-                                        else f"{m[k]:8.2f} {m['base_' + k]:8.2f}" for k in evaluation.METRICS))
+                                        else f"{m[k]:8.2f} {m['base_' + k]:8.2f}" for k in scoring.METRICS))
 
 
 def main(argv):
@@ -92,8 +92,8 @@ def main(argv):
 
 
 def evaluate() -> None:
-    from edvr_jax import data, evaluation
-    from edvr_jax.restorer import load
+    from edvr_jax import data, scoring
+    from edvr_jax.inference import load
 
     if not _CHECKPOINT.value:
         raise app.UsageError("--checkpoint is required")
@@ -147,13 +147,13 @@ def evaluate() -> None:
             (out_dir / clip.name).mkdir(exist_ok=True)
             Image.fromarray(out).save(out_dir / clip.name / f"{f:08d}.png")
         if _SIDE_BY_SIDE.value and f == len(clip.gt) // 2:
-            panel = np.concatenate([evaluation.baseline(clip.lq[f], scale), out, clip.gt[f]], axis=1)
+            panel = np.concatenate([scoring.baseline(clip.lq[f], scale), out, clip.gt[f]], axis=1)
             Image.fromarray(panel).save(out_dir / f"{clip.name}_input_output_gt.png")
 
     start = time.perf_counter()
-    results = evaluation.evaluate(restore, clips, scale, crop_border, on_frame=on_frame)
+    results = scoring.evaluate(restore, clips, scale, crop_border, on_frame=on_frame)
     bar.close()
-    summary = evaluation.summarize(results)
+    summary = scoring.summarize(results)
     print_table(results, summary)
     from edvr_jax import weights
 
@@ -163,7 +163,7 @@ def evaluate() -> None:
               "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     with (out_dir / "results.csv").open("w", newline="") as f:
-        keys = list(evaluation.METRICS) + [f"base_{k}" for k in evaluation.METRICS]
+        keys = list(scoring.METRICS) + [f"base_{k}" for k in scoring.METRICS]
         w = csv.writer(f)
         w.writerow(["clip"] + keys)
         for r in results:

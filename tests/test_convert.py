@@ -9,8 +9,9 @@ from golden_weights import VARIANTS, synthetic_state_dict
 
 from edvr_jax import EDVR
 from edvr_jax.weights import load_weights
-from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, main,
-                              to_basicsr, torch_key, unwrap_checkpoint)
+from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, to_basicsr, torch_key,
+                              unwrap_checkpoint)
+from edvr_jax.convert.__main__ import main
 
 
 @pytest.fixture(scope="module")

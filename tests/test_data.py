@@ -10,7 +10,7 @@ from PIL import Image
 
 from edvr_jax.data import (ClipReader, DatasetError, EdvrReds, EdvrVid4, EdvrVimeo90k, WindowSpec, eval_clips,
                            train_loader)
-from edvr_jax.data.bicubic import downsample_uint8, imresize
+from edvr_jax.data.bicubic import downsample_uint8, imresize, resize_uint8
 from edvr_jax.data.demo import DemoConfig, photo, render_clip
 from edvr_jax.temporal import window_table
 
@@ -49,6 +49,18 @@ def test_imresize_constant_and_size_check():
     np.testing.assert_allclose(imresize(np.full((8, 12, 3), 0.3), 0.25), np.full((2, 3, 3), 0.3))
     with pytest.raises(ValueError, match="10x12 is not divisible by 4"):
         downsample_uint8(np.zeros((10, 12, 3), np.uint8))
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.37, 2.0])
+def test_resize_uint8_is_imresize_rounded(scale):
+    """The float32 matrix form (footage's gt_resize) against the float64 gather form: the same
+    MATLAB bicubic, rounded pixels within one grey level and almost all equal."""
+    img = np.random.default_rng(5).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = resize_uint8(img, scale)
+    ref = np.clip(np.round(imresize(img.astype(np.float64), scale)), 0, 255)
+    assert out.shape == ref.shape == (int(np.ceil(37 * scale)), int(np.ceil(53 * scale)), 3)
+    diff = np.abs(out.astype(np.int64) - ref)
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 
 
 # --- REDS / Vimeo / Vid4 from fake trees -------------------------------------------------------
@@ -212,13 +224,11 @@ def test_training_windows_are_aligned_and_follow_the_interval(coded_reader):
 
 
 def test_same_seed_same_batches_any_worker_count(coded_reader):
-    spec = WindowSpec(num_frame=3, gt_size=16)
-
+    """Also: worker processes start outside absl.app (a notebook), with absl's flags unparsed."""
     from absl import flags
 
-    with pytest.raises(ValueError, match="read absl flags"):
-        train_loader(coded_reader, spec, 4, seed=1, worker_count=2)
-    flags.FLAGS(["pytest"], known_only=True)  # what absl.app.run does in train.py
+    assert not flags.FLAGS.is_parsed()
+    spec = WindowSpec(num_frame=3, gt_size=16)
 
     def take(seed, workers, n=6):
         loader = train_loader(coded_reader, spec, 4, seed=seed, worker_count=workers)
@@ -273,6 +283,20 @@ def test_clip_shorter_than_the_window_is_an_error(coded_reader):
         train_loader(coded_reader, WindowSpec(num_frame=7, gt_size=16), 4, seed=0)
     with pytest.raises(DatasetError, match="clip 000 has 6 frames, fewer than the 9 .* interval 2"):
         train_loader(coded_reader, WindowSpec(num_frame=5, gt_size=16, interval_list=(1, 2)), 4, seed=0)
+
+
+def test_window_spec_checks_itself_and_its_patch(coded_reader):
+    with pytest.raises(ValueError, match=r"num_frame=4: must be odd .*; centers='middle': must be 'all' or 'fitting'"):
+        WindowSpec(num_frame=4, centers="middle")
+    with pytest.raises(ValueError, match=r"interval_list=\(\): must be a non-empty tuple of positive integers"):
+        WindowSpec(interval_list=())
+    spec = WindowSpec(num_frame=3, gt_size=24)
+    assert spec.lq_patch(4) == 6 and spec.lq_patch(1, 8) == 24
+    with pytest.raises(ValueError, match=r"gt_size=24: must be a positive multiple of 16 \(the LQ patch, gt_size / 4, "
+                                         r"must be a multiple of 4\)"):
+        spec.lq_patch(4, 4)
+    with pytest.raises(ValueError, match=r"gt_size=18: must be a positive multiple of 4 \(x4 data\)"):
+        train_loader(coded_reader, WindowSpec(num_frame=3, gt_size=18), 4, seed=0)
 
 
 def test_test_windows_use_the_padding_modes(coded_reader):

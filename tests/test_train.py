@@ -12,7 +12,7 @@ import optax
 import pytest
 from conftest import load_config, tiny_config
 
-from edvr_jax import EDVR, checkpointing, load, load_model, metric_log, sharding, training, weights
+from edvr_jax import EDVR, checkpointing, load, load_model, run_log, sharding, training, weights
 from edvr_jax.optim import charbonnier, cosine_annealing_restart, make_optimizer, param_labels
 
 SMALL = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
@@ -122,14 +122,14 @@ def test_non_strict_init_copies_matching_parameters(tmp_path):
 
 
 def test_metrics_jsonl_drops_rows_after_the_resumed_step(tmp_path):
-    w = metric_log.JsonlWriter(tmp_path / "m.jsonl")
+    w = run_log.JsonlWriter(tmp_path / "m.jsonl")
     for step in (1, 2, 3, 4):
         w.write_scalars(step, {"train/loss": float(step)})
     w.close()
-    w = metric_log.JsonlWriter(tmp_path / "m.jsonl", resume_step=2)  # steps 3, 4 came after the checkpoint
+    w = run_log.JsonlWriter(tmp_path / "m.jsonl", resume_step=2)  # steps 3, 4 came after the checkpoint
     w.write_scalars(3, {"train/loss": 30.0})
     w.close()
-    rows = metric_log.read_jsonl(tmp_path / "m.jsonl")
+    rows = run_log.read_jsonl(tmp_path / "m.jsonl")
     assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
@@ -199,7 +199,7 @@ def test_run_writes_its_header_metrics_and_checkpoints(reference_run):
     header = weights.read_header(reference_run)
     assert header.model == "EDVR" and header.config["num_feat"] == 8 and header.train_config["total_steps"] == 12
     assert weights.run_steps(reference_run) == [4, 8, 12]
-    rows = metric_log.read_jsonl(reference_run / "metrics.jsonl")
+    rows = run_log.read_jsonl(reference_run / "metrics.jsonl")
     losses = [r["train/loss"] for r in rows]
     assert [r["step"] for r in rows] == list(range(1, 13)) and losses[-1] < losses[0]
     assert {"train/lr", "train/psnr", "offset_absmean/pcd_align/dcn_pack_l1", "perf/steps_per_s"} <= set(rows[0])

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from conftest import TINY, TINY_ARG
 
-from edvr_jax import metric_log, weights
+from edvr_jax import run_log, weights
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def _run(workdir, data_dir, *extra):
 
 
 def _losses(workdir):
-    return {r["step"]: r["train/loss"] for r in metric_log.read_jsonl(Path(workdir) / "metrics.jsonl")}
+    return {r["step"]: r["train/loss"] for r in run_log.read_jsonl(Path(workdir) / "metrics.jsonl")}
 
 
 def _wait_for(predicate, proc, what, timeout=300):
@@ -65,7 +65,7 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, data_dir, tmp_path)
     a, b = weights.read_params(reference_run), weights.read_params(workdir)
     assert jax.tree.all(jax.tree.map(lambda x, y: np.array_equal(x, y), a, b))
     # metrics.jsonl: each step once, as in the uninterrupted run
-    assert [r["step"] for r in metric_log.read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 13))
+    assert [r["step"] for r in run_log.read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 13))
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):

@@ -1,13 +1,16 @@
-"""Datasets (TFDS builders over local folders) and the Grain input pipeline."""
+"""Datasets (TFDS builders over local folders, ``registry.load_builder`` by name) and the Grain
+input pipeline."""
 
 from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.degrade import DEGRADATIONS, degrade
 from edvr_jax.data.demo import EdvrDemo
-from edvr_jax.data.footage import EdvrDemoVideo, EdvrFootage, FootageConfig, find_clips, folder_clips
+from edvr_jax.data.demo_video import EdvrDemoVideo
+from edvr_jax.data.folders import find_clips, folder_clips
+from edvr_jax.data.footage import EdvrFootage, FootageConfig
 from edvr_jax.data.frames import DatasetError
-from edvr_jax.data.pipeline import (DATASETS, ClipReader, EvalClip, WindowSpec, eval_clips, footage_options,
-                                    load_builder, load_config_builder, train_loader)
+from edvr_jax.data.pipeline import ClipReader, EvalClip, WindowSpec, eval_clips, train_loader
 from edvr_jax.data.reds import EdvrReds
+from edvr_jax.data.registry import DATASETS, footage_options, load_builder, load_config_builder
 from edvr_jax.data.vid4 import EdvrVid4
 from edvr_jax.data.vimeo90k import EdvrVimeo90k
 

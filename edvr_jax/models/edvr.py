@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edvr_jax.errors import check_arguments
 from edvr_jax.models.layers import Conv2d, Dtype, lrelu, residual_blocks
 from edvr_jax.models.pcd import PCDAlignment
 from edvr_jax.models.predeblur import PredeblurModule
@@ -93,13 +94,26 @@ class EDVR(nn.Module):
         height, width = -(-height // m) * m, -(-width // m) * m
         return (batch, self.num_frame, height, width, 3 if self.with_predeblur else self.num_in_ch)
 
+    def check_arguments(self) -> None:
+        """Raises an ``ArgumentError`` (a ValueError) naming every constructor argument that cannot
+        work; ``check_input`` and ``training.validate_config`` both call it."""
+        groups = self.deformable_groups
+        check_arguments([
+            ("num_frame", self.num_frame, self.num_frame >= 1, ">= 1"),
+            ("deformable_groups", groups, groups >= 1, ">= 1"),
+            ("num_feat", self.num_feat, self.num_feat >= 1 and groups >= 1 and self.num_feat % groups == 0,
+             f"a positive multiple of {{deformable_groups}} ({groups})"),
+            ("hr_in", self.hr_in, not self.hr_in or self.with_predeblur,
+             "False unless {with_predeblur} is True (as in BasicSR, which reduces high-resolution input only "
+             "inside the predeblur module)"),
+            ("center_frame_idx", self.center_frame_idx,
+             self.center_frame_idx is None or 0 <= self.center_frame_idx < self.num_frame,
+             f"None or in [0, {self.num_frame})"),
+        ])
+
     def check_input(self, shape: tuple[int, ...]) -> None:
-        """Raises ValueError naming what is wrong with an input of this shape."""
-        if self.hr_in and not self.with_predeblur:
-            raise ValueError("hr_in=True needs with_predeblur=True (as in BasicSR, which reduces "
-                             "high-resolution input only inside the predeblur module)")
-        if not 0 <= self.center < self.num_frame:
-            raise ValueError(f"center_frame_idx={self.center_frame_idx} is outside [0, {self.num_frame})")
+        """Raises ValueError naming what is wrong with the arguments or an input of this shape."""
+        self.check_arguments()
         if len(shape) != 5:
             raise ValueError(f"EDVR input must be [B, T, H, W, C], got shape {tuple(shape)}")
         _, t, h, w, c = shape

@@ -10,7 +10,7 @@ import numpy as np
 
 from edvr_jax.data.bicubic import imresize
 from edvr_jax.data.pipeline import EvalClip
-from edvr_jax.io import to_uint8
+from edvr_jax.media import to_uint8
 from edvr_jax.metrics import psnr, ssim
 
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from edvr_jax.io import to_uint8
+from edvr_jax.media import to_uint8
 from edvr_jax.models.dcn import warn_offsets
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
 from edvr_jax.temporal import window_table

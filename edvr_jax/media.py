@@ -1,4 +1,5 @@
-"""Reading and writing clips: a folder of frames or a video file."""
+"""Clip I/O: reading and writing a clip as a folder of frames or a video file (PyAV), and
+``to_uint8``, the rounding every output goes through."""
 
 from __future__ import annotations
 

@@ -1,175 +1,36 @@
-"""EDVR training as library functions; ``train.py`` is a thin command line over ``train``.
-
-* ``create_train_state(rng, *, model, tx, input_shape, ema)``: the state, a dict of ``step``,
-  ``params``, ``opt_state`` (and ``ema_params``); pure, so ``jax.eval_shape`` gives its shapes
-  and ``jax.jit(..., out_shardings=...)`` creates it sharded.
-* ``train_step(state, batch, *, model, tx, schedule, ...)``: one update, pure; bound with
-  ``functools.partial`` and jitted with shardings by ``jit_train_step``.
-* ``validate(...)``: BasicSR's test protocol on the validation clips.
-* ``train(cfg, workdir)``: the loop, with resume / init-from / scratch decided by
-  ``load_state_if_possible``, checkpoints, metrics and preemption.
-"""
+"""The training loop: ``train(cfg, workdir)`` runs or resumes a run, with resume / init-from /
+scratch decided by ``load_state_if_possible``, checkpoints (Orbax, ``edvr_jax.checkpointing``),
+metrics (``edvr_jax.run_log``), validation, preemption (SIGTERM) and a full disk reported in
+one line."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import functools
 import logging
 import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from edvr_jax import checkpointing, optim, sharding, weights
-from edvr_jax.errors import UserError
+from edvr_jax import checkpointing, sharding, weights
 from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
 from edvr_jax.models.edvr import EDVR
-from edvr_jax.temporal import PADDING_MODES
+from edvr_jax.training.config import ConfigError, validate_config, window_spec
+from edvr_jax.training.step import init_sharded_state, jit_train_step, make_schedule, make_tx
+from edvr_jax.training.validation import Validator
 
 log = logging.getLogger("edvr_jax.train")
 
 
 class TrainingError(RuntimeError):
-    pass
-
-
-class ConfigError(UserError, ValueError):
-    """A config field whose value cannot work; the message names the field, its value and what is allowed."""
-
-
-# ------------------------------------------------------------------------------------------ config
-
-
-def validate_config(cfg) -> None:
-    """Checks every field that can be checked without data or devices, before any work starts."""
-    from edvr_jax.data import DATASETS
-
-    m, d, o = cfg.model, cfg.data, cfg.optim
-    checks = [
-        ("batch_size", cfg.batch_size, cfg.batch_size >= 1, "a positive integer"),
-        ("total_steps", cfg.total_steps, cfg.total_steps >= 0, ">= 0"),
-        ("log_every", cfg.log_every, cfg.log_every >= 1, ">= 1"),
-        ("eval_every", cfg.eval_every, cfg.eval_every >= 0, ">= 0 (0: no validation)"),
-        ("checkpoint.every", cfg.checkpoint.every, cfg.checkpoint.every >= 1, ">= 1"),
-        ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1"),
-        ("val_batch_size", cfg.val_batch_size, cfg.val_batch_size >= 1, ">= 1"),
-        ("compute_dtype", cfg.compute_dtype, cfg.compute_dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
-        ("model.num_frame", m.num_frame, m.num_frame >= 1 and m.num_frame % 2 == 1, "odd and >= 1"),
-        ("model.num_feat", m.num_feat, m.num_feat >= 1 and m.num_feat % m.deformable_groups == 0,
-         f"a positive multiple of model.deformable_groups ({m.deformable_groups})"),
-        ("model.deformable_groups", m.deformable_groups, m.deformable_groups >= 1, ">= 1"),
-        ("model.hr_in", m.hr_in, not m.hr_in or m.with_predeblur, "False unless model.with_predeblur is True"),
-        ("model.center_frame_idx", m.center_frame_idx,
-         m.center_frame_idx is None or 0 <= m.center_frame_idx < m.num_frame, f"None or in [0, {m.num_frame})"),
-        ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
-        ("data.gt_size", d.gt_size, d.gt_size >= 16 and d.gt_size % 16 == 0,
-         "a positive multiple of 16 (the LQ patch, gt_size / 4 for x4 SR, must be a multiple of 4; with "
-         "hr_in the patch is gt_size itself and must be a multiple of 16)"),
-        ("data.interval_list", d.interval_list, len(d.interval_list) > 0 and all(i >= 1 for i in d.interval_list),
-         "a non-empty tuple of positive integers"),
-        ("data.centers", d.centers, d.centers in ("all", "fitting"), "'all' or 'fitting'"),
-        ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
-        ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),
-        ("optim.lr", o.lr, o.lr > 0, "> 0"),
-        ("optim.periods", o.periods, len(o.periods) > 0 and all(p >= 1 for p in o.periods),
-         "a non-empty tuple of positive integers"),
-        ("optim.restart_weights", o.restart_weights, len(o.restart_weights) == len(o.periods),
-         f"as many weights as optim.periods has periods ({len(o.periods)})"),
-        ("optim.tsa_iter", o.tsa_iter, o.tsa_iter >= 0 and (o.tsa_iter == 0 or m.with_tsa),
-         ">= 0, and 0 unless model.with_tsa"),
-        ("optim.dcn_lr_mul", o.dcn_lr_mul, o.dcn_lr_mul > 0, "> 0"),
-        ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0 (0: no clipping)"),
-        ("ema_decay", cfg.ema_decay, 0 <= cfg.ema_decay < 1, "in [0, 1) (0: no EMA)"),
-        ("loss.reduction", cfg.loss.reduction, cfg.loss.reduction in ("sum", "mean"), "'sum' or 'mean'"),
-        ("mesh.data", cfg.mesh.data, cfg.mesh.data == -1 or cfg.mesh.data >= 1, "-1 (all devices) or >= 1"),
-        ("mesh.fsdp", cfg.mesh.fsdp, cfg.mesh.fsdp == -1 or cfg.mesh.fsdp >= 1, "-1 (all devices) or >= 1"),
-    ]
-    bad = [f"{name}={value!r}: must be {allowed}" for name, value, ok, allowed in checks if not ok]
-    if bad:
-        raise ConfigError("invalid config: " + "; ".join(bad))
-
-
-# ------------------------------------------------------------------------------------------- state
-
-
-def make_schedule(optim_cfg) -> Callable:
-    return optim.cosine_annealing_restart(optim_cfg.lr, optim_cfg.periods, optim_cfg.restart_weights,
-                                          optim_cfg.eta_min)
-
-
-def make_tx(optim_cfg, schedule: Callable) -> optax.GradientTransformation:
-    return optim.make_optimizer(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                                tsa_iter=optim_cfg.tsa_iter, dcn_lr_mul=optim_cfg.dcn_lr_mul,
-                                grad_clip=optim_cfg.grad_clip or None)
-
-
-def create_train_state(rng: jax.Array, *, model: EDVR, tx: optax.GradientTransformation,
-                       input_shape: Sequence[int], ema: bool = False) -> dict[str, Any]:
-    params = model.init(rng, jnp.zeros(input_shape, jnp.float32))["params"]
-    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
-    if ema:
-        state["ema_params"] = params
-    return state
-
-
-def offset_means(intermediates: Any) -> dict[str, jax.Array]:
-    """``{'pcd_align/dcn_pack_l1': mean |offset|, ...}`` from the sown ``intermediates``."""
-    leaves = jax.tree_util.tree_leaves_with_path(intermediates, is_leaf=lambda x: isinstance(x, tuple))
-    return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0] for path, v in leaves}
-
-
-def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *, model: EDVR, tx: optax.GradientTransformation,
-               schedule: Callable, loss_eps: float = 1e-12, loss_reduction: str = "sum",
-               ema_decay: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One Charbonnier + optimizer update. A non-finite loss or gradient leaves the state as it was
-    (``metrics['finite']`` says so)."""
-
-    def loss_fn(params):
-        out, inter = model.apply({"params": params}, batch["lq"], mutable=["intermediates"])
-        return optim.charbonnier(out, batch["gt"], loss_eps, loss_reduction), (out, inter["intermediates"])
-
-    (loss, (out, inter)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
-    if "ema_params" in state:
-        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1 - ema_decay)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never step into NaN
-    mse = jnp.mean(jnp.square(jnp.clip(out, 0, 1) - batch["gt"]))
-    metrics = {"loss": loss, "loss_per_pixel": loss / batch["gt"].size, "grad_norm": grad_norm,
-               "lr": schedule(state["step"]), "psnr": -10 * jnp.log10(mse), "finite": finite,
-               "offsets": offset_means(inter)}
-    return new, metrics
-
-
-def jit_train_step(cfg, model: EDVR, tx, schedule, state_shardings, mesh):
-    """``train_step`` bound to the config and jitted with the state's and the batch's shardings."""
-    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_eps=cfg.loss.eps,
-                             loss_reduction=cfg.loss.reduction, ema_decay=cfg.ema_decay)
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
-
-
-def init_sharded_state(cfg, model: EDVR, tx, mesh, input_shape) -> tuple[dict[str, Any], Any]:
-    """The initial state created directly in its shardings (the config's regex rules)."""
-    init = functools.partial(create_train_state, model=model, tx=tx, input_shape=input_shape,
-                             ema=bool(cfg.ema_decay))
-    rng = jax.random.key(cfg.seed)
-    shapes = jax.eval_shape(init, rng)
-    shardings = sharding.tree_shardings(shapes, mesh, [tuple(r) for r in cfg.sharding_rules])
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
+    """The run failed (not its input): a non-finite loss, a full disk."""
 
 
 def load_state_if_possible(cfg, mngr, state, shardings, batches) -> tuple[dict[str, Any], str]:
@@ -189,55 +50,8 @@ def load_state_if_possible(cfg, mngr, state, shardings, batches) -> tuple[dict[s
     return state, f"initialised from {cfg.init_from}: {report}"
 
 
-# ------------------------------------------------------------------------------------------- evals
-
-
-@dataclasses.dataclass
-class Validator:
-    """BasicSR's test protocol on the validation clips, on the training mesh."""
-
-    model: EDVR
-    reader: Any
-    mesh: Any
-    cfg: Any
-    baseline_cache: dict = dataclasses.field(default_factory=dict)  # the baseline never changes
-
-    def __post_init__(self):
-        model, replicated = self.model, NamedSharding(self.mesh, P())
-        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, x), out_shardings=replicated)
-
-    def _apply_on_mesh(self, params, x):
-        if jax.process_count() > 1:
-            x = multihost_utils.host_local_array_to_global_array(x, self.mesh, P())
-        else:
-            x = jax.device_put(x, NamedSharding(self.mesh, P()))
-        return self._apply(params, x)
-
-    def __call__(self, params) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """``(summary, {name: input | output | GT panel})``."""
-        from edvr_jax import data, evaluation
-        from edvr_jax.restorer import StageRunner
-
-        dc = self.cfg.data
-        runner = StageRunner(self.model, params, self.cfg.val_batch_size, apply_fn=self._apply_on_mesh)
-        panels = {}
-
-        def keep(clip, f, out):
-            if len(panels) < self.cfg.num_val_images and f == len(clip.gt) // 2:
-                lq = evaluation.baseline(clip.lq[f], self.reader.scale)
-                panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate([lq, out, clip.gt[f]], axis=1)
-
-        results = evaluation.evaluate(lambda clip: runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding),
-                                      data.eval_clips(self.reader, dc.val_clips), self.reader.scale,
-                                      dc.val_crop_border, on_frame=keep, baseline_cache=self.baseline_cache)
-        return evaluation.summarize(results), panels
-
-
-# -------------------------------------------------------------------------------------------- loop
-
-
 def _setup_data(cfg, lead: bool):
-    from edvr_jax import data
+    from edvr_jax import data  # TFDS and Grain: imported when a run starts, not with train_step
 
     dc = cfg.data
     if lead:  # one process builds the dataset if it is not built yet; the others wait for it
@@ -246,10 +60,7 @@ def _setup_data(cfg, lead: bool):
         multihost_utils.sync_global_devices("dataset built")
     builder = data.load_config_builder(dc)
     reader = data.ClipReader(builder, dc.train_split)
-    spec = data.WindowSpec(num_frame=cfg.model.num_frame, gt_size=dc.gt_size, interval_list=tuple(dc.interval_list),
-                           random_reverse=dc.random_reverse, use_hflip=dc.use_hflip, use_rot=dc.use_rot,
-                           centers=dc.centers)
-    loader = data.train_loader(reader, spec, cfg.batch_size, seed=cfg.seed, worker_count=dc.worker_count)
+    loader = data.train_loader(reader, window_spec(cfg), cfg.batch_size, seed=cfg.seed, worker_count=dc.worker_count)
     val_reader = data.ClipReader(builder, dc.val_split) if dc.val_split and cfg.eval_every else None
     return reader, val_reader, loader
 
@@ -330,7 +141,7 @@ def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = No
 
 
 def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
-    from edvr_jax import metric_log  # TensorBoard through TensorFlow: only for the loop
+    from edvr_jax import run_log  # TensorBoard through TensorFlow: only for the loop
 
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
@@ -341,7 +152,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     batches = iter(loader)
     # ------------------------------------------------------------------ model and state
     model = _build_model(cfg, reader.scale, reader.name)
-    lq_patch = cfg.data.gt_size // reader.scale
+    lq_patch = window_spec(cfg).lq_patch(reader.scale, model.size_multiple)
     schedule = make_schedule(cfg.optim)
     tx = make_tx(cfg.optim, schedule)
     state, shardings = init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, lq_patch, lq_patch))
@@ -354,7 +165,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
-    metrics_log = _MetricsLog(metric_log.create_writer(workdir, lead, resume_step=step), cfg, step)
+    metrics_log = _MetricsLog(run_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
     bar = _Progress(lead and progress, cfg.total_steps, step)
     summary, first = {}, step

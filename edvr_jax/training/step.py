@@ -1,0 +1,91 @@
+"""The training state and one update, as pure functions of the model, the optimizer and a config.
+
+* ``create_train_state(rng, *, model, tx, input_shape, ema)``: a dict of ``step``, ``params``,
+  ``opt_state`` (and ``ema_params``); pure, so ``jax.eval_shape`` gives its shapes and
+  ``jax.jit(..., out_shardings=...)`` creates it sharded (``init_sharded_state``).
+* ``train_step(state, batch, *, model, tx, schedule, ...)``: one Charbonnier + optimizer
+  update, pure; bound with ``functools.partial`` and jitted with shardings by ``jit_train_step``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from edvr_jax import optim, sharding
+from edvr_jax.models.edvr import EDVR
+
+
+def make_schedule(optim_cfg) -> Callable:
+    return optim.cosine_annealing_restart(optim_cfg.lr, optim_cfg.periods, optim_cfg.restart_weights,
+                                          optim_cfg.eta_min)
+
+
+def make_tx(optim_cfg, schedule: Callable) -> optax.GradientTransformation:
+    return optim.make_optimizer(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
+                                tsa_iter=optim_cfg.tsa_iter, dcn_lr_mul=optim_cfg.dcn_lr_mul,
+                                grad_clip=optim_cfg.grad_clip or None)
+
+
+def create_train_state(rng: jax.Array, *, model: EDVR, tx: optax.GradientTransformation,
+                       input_shape: Sequence[int], ema: bool = False) -> dict[str, Any]:
+    params = model.init(rng, jnp.zeros(input_shape, jnp.float32))["params"]
+    state = {"step": jnp.zeros([], jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if ema:
+        state["ema_params"] = params
+    return state
+
+
+def offset_means(intermediates: Any) -> dict[str, jax.Array]:
+    """``{'pcd_align/dcn_pack_l1': mean |offset|, ...}`` from the sown ``intermediates``."""
+    leaves = jax.tree_util.tree_leaves_with_path(intermediates, is_leaf=lambda x: isinstance(x, tuple))
+    return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0] for path, v in leaves}
+
+
+def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *, model: EDVR, tx: optax.GradientTransformation,
+               schedule: Callable, loss_eps: float = 1e-12, loss_reduction: str = "sum",
+               ema_decay: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One Charbonnier + optimizer update. A non-finite loss or gradient leaves the state as it was
+    (``metrics['finite']`` says so)."""
+
+    def loss_fn(params):
+        out, inter = model.apply({"params": params}, batch["lq"], mutable=["intermediates"])
+        return optim.charbonnier(out, batch["gt"], loss_eps, loss_reduction), (out, inter["intermediates"])
+
+    (loss, (out, inter)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+    if "ema_params" in state:
+        new["ema_params"] = optax.incremental_update(params, state["ema_params"], 1 - ema_decay)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)  # never step into NaN
+    mse = jnp.mean(jnp.square(jnp.clip(out, 0, 1) - batch["gt"]))
+    metrics = {"loss": loss, "loss_per_pixel": loss / batch["gt"].size, "grad_norm": grad_norm,
+               "lr": schedule(state["step"]), "psnr": -10 * jnp.log10(mse), "finite": finite,
+               "offsets": offset_means(inter)}
+    return new, metrics
+
+
+def jit_train_step(cfg, model: EDVR, tx, schedule, state_shardings, mesh):
+    """``train_step`` bound to the config and jitted with the state's and the batch's shardings."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_eps=cfg.loss.eps,
+                             loss_reduction=cfg.loss.reduction, ema_decay=cfg.ema_decay)
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+
+def init_sharded_state(cfg, model: EDVR, tx, mesh, input_shape) -> tuple[dict[str, Any], Any]:
+    """The initial state created directly in its shardings (the config's regex rules)."""
+    init = functools.partial(create_train_state, model=model, tx=tx, input_shape=input_shape,
+                             ema=bool(cfg.ema_decay))
+    rng = jax.random.key(cfg.seed)
+    shapes = jax.eval_shape(init, rng)
+    shardings = sharding.tree_shardings(shapes, mesh, [tuple(r) for r in cfg.sharding_rules])
+    return jax.jit(init, out_shardings=shardings)(rng), shardings
