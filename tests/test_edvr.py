@@ -15,6 +15,7 @@ from edvr_jax.convert import basicsr_shapes
 from edvr_jax.optim import charbonnier
 from edvr_jax.models import (DCNv2Pack, PCDAlignment, PredeblurModule, ResidualBlockNoBN, TSAFusion, offset_absmeans,
                               warn_offsets)
+from edvr_jax.models.dcn import warn_high_offsets
 
 TINY = dict(num_feat=16, num_extract_block=1, num_reconstruct_block=1)
 # The tests of the shared tiny model run on one xdist worker: its init and its float32 gradient
@@ -117,6 +118,15 @@ def test_bad_input_errors(kwargs, shape, match):
 
 
 @on_tiny
+def test_offset_warning_threshold_and_prefix(caplog):
+    """The one rule the training loop and ``warn_offsets`` share: strictly above the threshold, each layer once."""
+    with caplog.at_level(logging.WARNING, logger="edvr_jax"):
+        high = warn_high_offsets({"a": 50.0, "b": 50.5, "c": 3.0}, where="step 7: ")
+    assert high == {"b": 50.5}
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 7: Offset abs mean of b is 50.50, larger than 50: DCN offsets are blowing up."]
+
+
 def test_offset_means_are_sown_and_blow_up_is_warned(tiny, caplog):
     model, variables, _ = tiny
     x = jax.random.uniform(jax.random.key(4), (1, 5, 8, 8, 3))

@@ -18,9 +18,19 @@ logger = logging.getLogger("edvr_jax")
 OFFSET_WARN_THRESHOLD = 50.0
 
 
-def _warn_offset(layer: str, value) -> None:
-    logger.warning("Offset abs mean of %s is %.2f, larger than %.0f: DCN offsets are blowing up.",
-                   layer, float(value), OFFSET_WARN_THRESHOLD)
+def _warn_offset(layer: str, value, where: str = "") -> None:
+    logger.warning("%sOffset abs mean of %s is %.2f, larger than %.0f: DCN offsets are blowing up.",
+                   where, layer, float(value), OFFSET_WARN_THRESHOLD)
+
+
+def warn_high_offsets(offsets: Mapping[str, float], threshold: float = OFFSET_WARN_THRESHOLD,
+                      where: str = "") -> dict[str, float]:
+    """Logs BasicSR's offset blow-up warning for each ``{layer: mean |offset|}`` above ``threshold``
+    (``where``: a prefix such as ``"step 100: "``); returns those layers and values."""
+    high = {k: float(v) for k, v in offsets.items() if v > threshold}
+    for layer, value in high.items():
+        _warn_offset(layer, value, where)
+    return high
 
 
 def offset_absmeans(intermediates: Mapping[str, Any]) -> dict[str, float]:
@@ -41,13 +51,9 @@ def offset_absmeans(intermediates: Mapping[str, Any]) -> dict[str, float]:
 
 
 def warn_offsets(intermediates: Mapping[str, Any], threshold: float = OFFSET_WARN_THRESHOLD) -> dict[str, float]:
-    """Logs BasicSR's offset blow-up warning for every DCN whose sown mean |offset| exceeds
-    ``threshold``; returns those layers and values. Call it on the returned statistics, outside
-    ``jit`` (this is the free replacement of ``offset_warning=True``'s in-graph callback)."""
-    high = {k: v for k, v in offset_absmeans(intermediates).items() if v > threshold}
-    for layer, value in high.items():
-        _warn_offset(layer, value)
-    return high
+    """``warn_high_offsets`` on the sown statistics of an ``apply(..., mutable=['intermediates'])``, outside
+    ``jit`` (the free replacement of ``offset_warning=True``'s in-graph callback)."""
+    return warn_high_offsets(offset_absmeans(intermediates), threshold)
 
 
 class DCNv2Pack(nn.Module):

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from edvr_jax import checkpointing, sharding, weights
-from edvr_jax.models.dcn import OFFSET_WARN_THRESHOLD
+from edvr_jax.models.dcn import warn_high_offsets
 from edvr_jax.models.edvr import EDVR
 from edvr_jax.training.config import ConfigError, validate_config, window_spec
 from edvr_jax.training.step import init_sharded_state, jit_train_step, make_schedule, make_tx
@@ -70,13 +70,6 @@ def _build_model(cfg, scale: int, name: str) -> EDVR:
     if model.scale != scale:
         raise ValueError(f"the model restores x{model.scale} (hr_in={model.hr_in}) but {name} is a x{scale} dataset")
     return model
-
-
-def _warn_offsets(step: int, offsets: dict[str, float]) -> None:
-    for layer, value in offsets.items():
-        if value > OFFSET_WARN_THRESHOLD:
-            log.warning("step %d: DCN offset mean %.1f > %.0f in %s (offset blow-up?)", step, value,
-                        OFFSET_WARN_THRESHOLD, layer)
 
 
 def _stop_requested(signalled: bool, mngr, step: int) -> bool:
@@ -226,7 +219,7 @@ class _MetricsLog:
         rate = (step - self._since[1]) / (now - self._since[0])
         self._since = (now, step)
         shown = jax.device_get(metrics)
-        _warn_offsets(step, shown["offsets"])
+        warn_high_offsets(shown["offsets"], where=f"step {step}: ")
         self.writer.write_scalars(step, {
             **{f"train/{k}": shown[k] for k in ("loss", "loss_per_pixel", "grad_norm", "lr", "psnr")},
             **{f"offset_absmean/{k}": v for k, v in shown["offsets"].items()},
