@@ -1,5 +1,5 @@
 """A folder of your clips: frame folders or video files, with LQ given or made from GT,
-checked (``find_clips``), read whole (``folder_clips``) or split into training and held-out
+checked (``find_clips``), read a frame at a time (``folder_clips``) or split into training and held-out
 parts (``split_clips``).
 
 The folder layout has one owner, ``find_clips``; the ``footage`` dataset (TFDS builder
@@ -35,6 +35,7 @@ a training window are ``DatasetError``s naming the clip and file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -84,10 +85,12 @@ class FootageClip:
         """The given LQ frame ``i`` (only when the clip has LQ)."""
         return self.lq.read(i)
 
-    def made_lq_frame(self, i: int, degradation: str, noise: float = 0.0) -> np.ndarray:
+    def made_lq_frame(self, i: int, degradation: str, noise: float = 0.0, gt: np.ndarray | None = None) -> np.ndarray:
         """LQ frame ``i`` made from GT: ``degradation``, then Gaussian noise of std ``noise``
-        (0-255 scale; the same for the same clip name and frame)."""
-        return add_noise(degrade(self.gt_frame(i), degradation, self.scale), noise, (self.name, i))
+        (0-255 scale; the same for the same clip name and frame). ``gt``: GT frame ``i`` where
+        the caller has it already."""
+        gt = self.gt_frame(i) if gt is None else gt
+        return add_noise(degrade(gt, degradation, self.scale), noise, (self.name, i))
 
 
 def _entries(folder: Path) -> dict[str, Path]:
@@ -185,19 +188,20 @@ def _checked(name: str, gt: Frames, lq: Frames | None, scale: int, gt_resize: fl
 def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, degradation: str = "bi",
                  scale: int = 4, gt_resize: float = 1.0, gt_crop: Sequence[int] = (),
                  noise: float = 0.0) -> Iterator[EvalClip]:
-    """Whole clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``): the
-    given LQ, or LQ made from GT by ``degradation`` (and ``noise``), exactly as the ``footage``
-    dataset stores them. Every clip is checked before the first is read."""
+    """The clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``), read a
+    frame at a time: the given LQ, or LQ made from GT by ``degradation`` (and ``noise``), exactly
+    as the ``footage`` dataset stores them. Every clip is checked before the first is read."""
     noise = noise_std(noise)
     found = find_clips(root, degradation, scale, gt_resize, clips, gt_crop)
     check_noise(found, noise)
     for clip in found:
-        gt = np.stack([clip.gt_frame(i) for i in range(clip.count)])
-        if clip.lq is not None:
-            lq = np.stack([clip.lq_frame(i) for i in range(clip.count)])
-        else:
-            lq = np.stack([clip.made_lq_frame(i, degradation, noise) for i in range(clip.count)])
-        yield EvalClip(clip.name, lq, gt)
+        yield EvalClip(clip.name, clip.count, functools.partial(_footage_pairs, clip, degradation, noise))
+
+
+def _footage_pairs(clip: FootageClip, degradation: str, noise: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for i in range(clip.count):
+        gt = clip.gt_frame(i)
+        yield (clip.lq_frame(i) if clip.lq is not None else clip.made_lq_frame(i, degradation, noise, gt)), gt
 
 
 def noise_std(value) -> float:
