@@ -84,6 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {**model.config(), "center_frame_idx": config_dict.placeholder(int), "with_tsa": a["tsa"]})
     c.compute_dtype = "float32"  # or bfloat16 (parameters and optimizer state stay float32)
+    c.dcn_impl = "auto"  # how the DCNs are computed (edvr_jax.ops.DCNOptions.impl): auto, gather or pallas
 
     c.data = ml_collections.ConfigDict(dict(
         name=a["data"], config="sr_x4", data_dir="", manual_dir="",

@@ -30,7 +30,7 @@ log = logging.getLogger("edvr_jax")
 # Fields a resumed run may change: bookkeeping, not what is being trained.
 RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint.", "data.worker_count",
                      "data.data_dir", "data.manual_dir", "mesh.", "val_batch_size", "num_val_images",
-                     "data.val_clips")
+                     "data.val_clips", "dcn_impl")
 LOCK_FILE = ".lock"
 
 

@@ -116,6 +116,7 @@ def test_disk_full_during_a_save_is_one_clear_error_and_keeps_the_last_step(data
     ("data.gt_size", 60, "data.gt_size=60: must be a positive multiple of 16"),
     ("optim.restart_weights", (1.0, 0.5), r"optim.restart_weights=\(1.0, 0.5\): must be as many weights"),
     ("compute_dtype", "float16", "compute_dtype='float16': must be float32 or bfloat16"),
+    ("dcn_impl", "triton", r"dcn_impl='triton': must be one of \('auto', 'gather', 'pallas'\)"),
     ("data.name", "redz", "data.name='redz': must be one of"),
     ("model.hr_in", True, "model.hr_in=True: must be False unless model.with_predeblur"),
 ])

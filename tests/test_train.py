@@ -307,3 +307,14 @@ def test_a_run_written_before_the_header_still_loads(tmp_path):
     assert loaded_model.config() == model.config()
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(ema))  # the EMA params, as before
     jax.tree.map(np.testing.assert_array_equal, weights.read_params(tmp_path, ema=False), jax.device_get(params))
+
+
+def test_dcn_impl_reaches_the_model_and_a_run_may_change_it():
+    """``dcn_impl`` picks how the training model's DCNs are computed (the same values whatever it says), so a
+    run may resume with another one."""
+    from edvr_jax.ops.dcn import DCNOptions
+    from edvr_jax.training.loop import _build_model
+
+    for impl in ("auto", "gather", "pallas"):
+        assert _build_model(load_config("demo", dcn_impl=impl), 4, "demo_video").dcn == DCNOptions(impl=impl)
+    assert "dcn_impl" in checkpointing.RESUMABLE_CHANGES

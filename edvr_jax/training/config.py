@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from edvr_jax.errors import ArgumentError, UserError, check_arguments
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.ops.dcn import IMPLS
 from edvr_jax.temporal import PADDING_MODES
 
 
@@ -28,6 +29,7 @@ def validate_config(cfg) -> None:
         ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1"),
         ("val_batch_size", cfg.val_batch_size, cfg.val_batch_size >= 1, ">= 1"),
         ("compute_dtype", cfg.compute_dtype, cfg.compute_dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
+        ("dcn_impl", cfg.dcn_impl, cfg.dcn_impl in IMPLS, f"one of {IMPLS}"),
         ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
         ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
         ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from edvr_jax import checkpointing, sharding, weights
 from edvr_jax.models.dcn import warn_high_offsets
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.ops.dcn import DCNOptions
 from edvr_jax.training.config import ConfigError, validate_config, window_spec
 from edvr_jax.training.step import init_sharded_state, jit_train_step, make_schedule, make_tx
 from edvr_jax.training.validation import Validator
@@ -66,7 +67,8 @@ def _setup_data(cfg, lead: bool):
 
 
 def _build_model(cfg, scale: int, name: str) -> EDVR:
-    model = EDVR(**cfg.model, dtype=jnp.dtype(cfg.compute_dtype), offset_warning=False)
+    model = EDVR(**cfg.model, dtype=jnp.dtype(cfg.compute_dtype), offset_warning=False,
+                 dcn=DCNOptions(impl=cfg.dcn_impl))
     if model.scale != scale:
         raise ValueError(f"the model restores x{model.scale} (hr_in={model.hr_in}) but {name} is a x{scale} dataset")
     return model
