@@ -1,25 +1,22 @@
-"""The arithmetic of the accelerator-analysis tools (tools/accel_aot.py, benchmarks/gpu.py), on hand-made input."""
+"""The arithmetic of the benchmarks' harness and of the accelerator-analysis tools (tools/accel_aot.py,
+benchmarks/gpu.py), on hand-made input."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks import gpu, harness
+from edvr_jax.optim import charbonnier
 
 
 @pytest.fixture(scope="module")
 def aot():
-    return _module(ROOT / "tools" / "accel_aot.py", "accel_aot")
+    from tools import accel_aot
+    return accel_aot
 
 
 def test_hlo_byte_counts(aot):
@@ -51,7 +48,6 @@ def test_collectives(aot):
 
 
 def test_kernel_profile_from_a_trace(tmp_path, monkeypatch):
-    gpu = _module(ROOT / "benchmarks" / "gpu.py", "gpu_bench")
     events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
               {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
               {"ph": "X", "pid": 1, "name": "input_scatter_fusion_3", "dur": 3000},
@@ -78,3 +74,59 @@ def test_kernel_profile_from_a_trace(tmp_path, monkeypatch):
     assert prof["kernels"][0] == (1.5, "input_scatter_fusion_3")
     assert prof["categories"] == pytest.approx({"scatter (DCN input gradient)": 1.5, "cuDNN convolution": 0.75,
                                                 "matmul": 0.35, "other XLA fusions": 0.25})
+
+
+def test_count_flops_by_hand():
+    """2 per multiply-add: a 3x3 conv, a matmul inside a scan of 4 steps (counted 4 times), a cond's
+    larger branch, all under jit."""
+    x, k = jnp.ones((2, 5, 6, 3)), jnp.ones((3, 3, 3, 7))
+    a, b = jnp.ones((4, 8, 16)), jnp.ones((16, 32))
+
+    @jax.jit
+    def fn(x, k, a, b):
+        y = harness.conv3x3(x, k)
+        _, z = jax.lax.scan(lambda c, ai: (c, ai @ b), 0.0, a)
+        w = jax.lax.cond(y.sum() > 0, lambda: b.T @ b, lambda: jnp.zeros((32, 32)))
+        return y, z, w
+
+    conv = 2 * (2 * 5 * 6 * 7) * 9 * 3
+    scan = 4 * 2 * (8 * 32) * 16
+    cond = 2 * (32 * 32) * 16
+    assert harness.count_flops(fn, x, k, a, b) == conv + scan + cond
+
+
+def test_timer_calls_and_statistics():
+    """One first call, the warm-up, then min_calls timed calls (target_s=0); min <= median."""
+    calls = []
+    t = harness.timeit(lambda v: calls.append(v) or v, 1.0, warmup=2, min_calls=4, max_calls=9, target_s=0.0)
+    assert len(calls) == 1 + 2 + 4 and t.calls == 4
+    assert 0 <= t.min_ms <= t.median_ms
+    t = harness.timeit(lambda: None, warmup=0, min_calls=1, max_calls=5, target_s=60.0, sync=lambda _: None)
+    assert t.calls == 5  # stops at max_calls before the target time
+
+
+def test_results_written_as_json_lines(tmp_path):
+    results = harness.Results(tmp_path / "sub" / "r.jsonl")
+    results.add("dcn", shape=[1, 2], ms=1.5)
+    results.add("gpu", section="train", name="a", ms=2.0)
+    lines = [json.loads(line) for line in (tmp_path / "sub" / "r.jsonl").read_text().splitlines()]
+    assert [(r["bench"], r.get("ms")) for r in lines] == [("dcn", 1.5), ("gpu", 2.0)]
+    assert lines[0]["machine"]["jax"] == jax.__version__ and lines[0]["machine"]["cores"] >= 1
+    assert results.find("gpu", section="train", name="a")["ms"] == 2.0
+    assert results.find("gpu", section="train", name="b") is None
+
+
+def test_benchmark_step_is_the_training_recipe():
+    """The benchmarks' step is train.py's: Charbonnier (sum) of the model's output, then one Adam update at
+    4e-4 (Adam's first update moves every parameter with a gradient by the learning rate)."""
+    step, state, data = harness.edvr_m_train_step(1, lr_size=16, tiny=True)
+    model = harness.edvr_model(tiny=True)
+    loss = charbonnier(jax.jit(model.apply)({"params": state["params"]}, data["lq"]), data["gt"])
+    before = jax.tree.map(np.asarray, state["params"])
+    new, metrics = step(state, data)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+    assert int(new["step"]) == 1 and bool(metrics["finite"])
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), new["params"], before))
+    assert max(moved) == pytest.approx(harness.LEARNING_RATE, rel=1e-3)
+    offsets = [float(v) for v in metrics["offsets"].values()]
+    assert len(offsets) == 4 and min(offsets) > 0.5  # conv_offset drawn: samples between pixels
