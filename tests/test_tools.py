@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu, harness
+from edvr_jax import training
 from edvr_jax.optim import charbonnier
 
 
@@ -117,16 +118,33 @@ def test_results_written_as_json_lines(tmp_path):
 
 
 def test_benchmark_step_is_the_training_recipe():
-    """The benchmarks' step is train.py's: Charbonnier (sum) of the model's output, then one Adam update at
-    4e-4 (Adam's first update moves every parameter with a gradient by the learning rate)."""
-    step, state, data = harness.edvr_m_train_step(1, lr_size=16, tiny=True)
-    model = harness.edvr_model(tiny=True)
-    loss = charbonnier(jax.jit(model.apply)({"params": state["params"]}, data["lq"]), data["gt"])
-    before = jax.tree.map(np.asarray, state["params"])
-    new, metrics = step(state, data)
-    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
-    assert int(new["step"]) == 1 and bool(metrics["finite"])
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(), new["params"], before))
-    assert max(moved) == pytest.approx(harness.LEARNING_RATE, rel=1e-3)
-    offsets = [float(v) for v in metrics["offsets"].values()]
-    assert len(offsets) == 4 and min(offsets) > 0.5  # conv_offset drawn: samples between pixels
+    """The benchmarks' step is train.py's function, ``training.train_step``, bound to the model, BasicSR's Adam
+    at 4e-4 (whose first update moves each parameter by the learning rate against its gradient's sign) and
+    the schedule; the state is ``create_train_state``'s."""
+    step, state, data = harness.edvr_m_train_step(2, lr_size=16, tiny=True, abstract=True)
+    bound = step.__wrapped__
+    assert bound.func is training.train_step
+    assert bound.keywords["model"] == harness.edvr_model(tiny=True)
+    assert float(bound.keywords["schedule"](0)) == pytest.approx(4e-4)
+    tx = bound.keywords["tx"]
+    params = {"pcd_align": {"dcn_pack_l1": {"kernel": jnp.ones(3)}}, "conv_last": {"bias": jnp.ones(2)}}
+    grads = {"pcd_align": {"dcn_pack_l1": {"kernel": jnp.array([1.0, -2.0, 0.5])}},
+             "conv_last": {"bias": jnp.array([-3.0, 1e-3])}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["pcd_align"]["dcn_pack_l1"]["kernel"], [-4e-4, 4e-4, -4e-4], rtol=1e-4)
+    np.testing.assert_allclose(updates["conv_last"]["bias"], [4e-4, -4e-4], rtol=1e-4)
+    assert data["lq"].shape == (2, 5, 16, 16, 3) and data["gt"].shape == (2, 64, 64, 3)
+    assert jax.tree.structure(state) == jax.tree.structure(jax.eval_shape(
+        lambda k: training.create_train_state(k, model=bound.keywords["model"], tx=tx, input_shape=(1, 5, 16, 16, 3)),
+        jax.random.key(0)))
+
+
+def test_offsets_drawn_a_few_pixels_wide():
+    """Only ``conv_offset`` parameters are redrawn: kernels N(0, 0.02), biases N(0, 2)."""
+    params = {"dcn_pack_l1": {"conv_offset": {"kernel": jnp.zeros((3, 3, 16, 216)), "bias": jnp.zeros(216 * 50)},
+                              "kernel": jnp.zeros((3, 3, 16, 16))}}
+    drawn = harness.offsets_of_a_few_pixels(params)
+    assert float(jnp.std(drawn["dcn_pack_l1"]["conv_offset"]["kernel"])) == pytest.approx(0.02, rel=0.05)
+    assert float(jnp.mean(jnp.abs(drawn["dcn_pack_l1"]["conv_offset"]["bias"]))) == pytest.approx(
+        2 * np.sqrt(2 / np.pi), rel=0.05)  # mean |N(0, 2)|
+    assert not drawn["dcn_pack_l1"]["kernel"].any()
