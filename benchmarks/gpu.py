@@ -337,8 +337,9 @@ def run(results: Results, basicsr_src: str | None, budget_s: float, tiny: bool, 
                 if prof is None:
                     print("  (profile: no device kernels in the trace)", flush=True)
                 else:
+                    categories = {f"cat {k}": round(v, 3) for k, v in prof["categories"].items()}
                     report.add("profile", f"{what}: device kernels per {'step' if kind == 'train' else 'call'}",
-                               prof["total"], wall_ms=ms, **{f"cat {k}": round(v, 3) for k, v in prof["categories"].items()},
+                               prof["total"], wall_ms=ms, **categories,
                                top=[(round(v, 3), n[:80]) for v, n in prof["kernels"][:12]])
         except Exception as e:  # noqa: BLE001
             report.add(kind, what + " FAILED", None, error=_error(e))

@@ -11,7 +11,6 @@ import pytest
 
 from benchmarks import gpu, harness
 from edvr_jax import training
-from edvr_jax.optim import charbonnier
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,25 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from benchmarks import harness
 from edvr_jax.lowering import export, has_triton_kernels
+
+
+def register_namedtuples(tree) -> None:
+    """Registers the NamedTuple node types of ``tree`` (optax's optimizer states) for ``Exported.serialize``."""
+    def walk(treedef):
+        data = treedef.node_data()
+        cls = data[0] if data else None
+        if cls is not None and issubclass(cls, tuple) and hasattr(cls, "_fields"):
+            try:
+                name = f"{cls.__module__}.{cls.__qualname__}"
+                jax.export.register_namedtuple_serialization(cls, serialized_name=name)
+            except ValueError:  # registered already
+                pass
+        for child in treedef.children():
+            walk(child)
+    walk(jax.tree.structure(tree))
 
 
 def main() -> None:
@@ -32,12 +47,11 @@ def main() -> None:
     parser.add_argument("--platforms", default="cuda,tpu")
     parser.add_argument("--out", help="directory for the serialized exports")
     args = parser.parse_args()
-    if args.out:  # the optimizer state's pytree types, for Exported.serialize
-        for cls in (optax.ScaleByAdamState, optax.EmptyState):
-            jax.export.register_namedtuple_serialization(cls, serialized_name=f"optax.{cls.__name__}")
     dtype = jnp.dtype(args.dtype)
     train_step, state, batch = harness.edvr_m_train_step(args.batch, dtype, abstract=True)
     inference, params, clips = harness.edvr_inference(args.clips, dtype, abstract=True)
+    if args.out:
+        register_namedtuples(state)
     for platform in args.platforms.split(","):
         for name, fn, fargs in (("train_step", train_step, (state, batch)), ("inference", inference, (params, clips))):
             start = time.perf_counter()
