@@ -163,7 +163,8 @@ def bench_torch(results: Results, basicsr_src: str | None, ours: dict | None) ->
     ours = ours or bench_inference(results, quick=True)
     torch.set_num_threads(os.cpu_count())
     t_model = load_basicsr_edvr(basicsr_src).EDVR(num_feat=64, num_reconstruct_block=10).eval()
-    t_model.load_state_dict({k: torch.from_numpy(v) for k, v in to_basicsr(ours["edvr_m"]["params"]).items()})
+    weights = to_basicsr(ours["edvr_m"]["params"])
+    t_model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
     x = torch.rand(1, 5, 3, 180, 320)
     with torch.no_grad():
         seconds = timeit(t_model, x, sync=lambda _: None, warmup=0, min_calls=2, max_calls=2).min_ms * 1e-3
