@@ -1,6 +1,6 @@
 """Writes tests/data/basicsr_imresize.npz with BasicSR 1.4.2's ``imresize`` (torch) outputs.
 
-    /tmp/ref/bin/python -m tools.make_imresize_golden /tmp/bsr/basicsr-1.4.2   # the venv of make_basicsr_goldens
+    .venv-torch/bin/python -m tools.make_imresize_golden /tmp/bsr/basicsr-1.4.2   # make_basicsr_goldens' venv
 """
 
 import importlib.util
