@@ -1,9 +1,8 @@
 """BasicSR 1.4.2's own EDVR, from its source tree without installing BasicSR: fetch the parts it needs,
 load them.
 
-    pip download --no-deps basicsr==1.4.2 -d /tmp/bsr   # with a Python that has torch (sdist metadata step)
-    python -m tools.basicsr_source --sdist /tmp/bsr/basicsr-1.4.2.tar.gz   # -> benchmarks/.basicsr (git-ignored)
-    python -m tools.basicsr_source                       # both steps, where pip can prepare the sdist
+    python -m tools.basicsr_source                       # -> benchmarks/.basicsr (git-ignored), from PyPI
+    python -m tools.basicsr_source --sdist basicsr-1.4.2.tar.gz   # from an sdist fetched elsewhere
 
 Only ``archs/edvr_arch.py``, ``archs/arch_util.py`` and ``ops/dcn/`` are kept and loaded (the package
 ``__init__`` pulls in OpenCV, LMDB, ...); the registry and logger they import are stubbed, and
@@ -79,8 +78,9 @@ def fetch(dest: Path, sdist: Path | None = None) -> None:
     """Keeps ``KEEP``'s files of BasicSR 1.4.2's sdist (downloaded with pip unless given) in ``dest``."""
     with tempfile.TemporaryDirectory() as tmp:
         if sdist is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "basicsr==1.4.2", "-d", tmp],
-                           check=True)
+            # Without build isolation: pip would install BasicSR's build requirements (torch) to read its metadata.
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+                            "basicsr==1.4.2", "-d", tmp], check=True)
             [sdist] = Path(tmp).glob("basicsr-1.4.2.tar.gz")
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():

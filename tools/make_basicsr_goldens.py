@@ -6,8 +6,8 @@ on CPU that needs the registry's default (CUDA) build of torch/torchvision,
 since the CPU wheel's torchvision ops do not load::
 
     python -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 torchvision==0.28.0 numpy
-    pip download --no-deps basicsr==1.4.2 -d /tmp/bsr && tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
-    .venv-torch/bin/python -m tools.make_basicsr_goldens /tmp/bsr/basicsr-1.4.2    # from the repository root
+    python -m tools.basicsr_source                  # BasicSR 1.4.2's source -> benchmarks/.basicsr
+    .venv-torch/bin/python -m tools.make_basicsr_goldens benchmarks/.basicsr     # from the repository root
 
 BasicSR's EDVR is loaded from the source tree by ``tools/basicsr_source.py``; the synthetic weights
 and inputs come from ``tests/golden_weights.py``, which the tests use too.
