@@ -1,19 +1,30 @@
-"""BasicSR 1.4.2's own EDVR, loaded from its source tree without installing BasicSR.
+"""BasicSR 1.4.2's own EDVR, from its source tree without installing BasicSR: fetch the parts it needs,
+load them.
 
-Only ``archs/edvr_arch.py``, ``archs/arch_util.py`` and ``ops/dcn/deform_conv.py`` are loaded
-(the package ``__init__`` pulls in OpenCV, LMDB, ...); the registry and logger they import are
-stubbed, and ``distutils.version.LooseVersion`` (gone in Python 3.12) is shimmed. Get the source
-with ``pip download --no-deps basicsr==1.4.2`` (``benchmarks/get_basicsr.py`` keeps just those
-folders). Used by ``tools/make_basicsr_goldens.py`` and ``benchmarks/gpu.py``.
+    python -m tools.basicsr_source                       # -> benchmarks/.basicsr (git-ignored), from PyPI
+    python -m tools.basicsr_source --sdist basicsr-1.4.2.tar.gz   # from an sdist fetched elsewhere
+
+Only ``archs/edvr_arch.py``, ``archs/arch_util.py`` and ``ops/dcn/`` are kept and loaded (the package
+``__init__`` pulls in OpenCV, LMDB, ...); the registry and logger they import are stubbed, and
+``distutils.version.LooseVersion`` (gone in Python 3.12) is shimmed. ``load_basicsr_edvr`` also takes
+the whole unpacked sdist. Used by ``tools/make_basicsr_goldens.py`` and the benchmarks' PyTorch side.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import logging
+import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 import types
 from pathlib import Path
+
+KEEP = ("basicsr/archs/arch_util.py", "basicsr/archs/edvr_arch.py", "basicsr/ops/dcn/")
+DEFAULT_DEST = Path(__file__).resolve().parent.parent / "benchmarks" / ".basicsr"
 
 
 def _load_module(name: str, path: Path):
@@ -24,10 +35,13 @@ def _load_module(name: str, path: Path):
     return module
 
 
-def load_basicsr_edvr(src: Path):
+def load_basicsr_edvr(src: str | Path):
     """BasicSR 1.4.2's ``edvr_arch`` from its source tree (``archs/`` and ``ops/dcn/`` only), with stubs
     for its registry and logger and a ``distutils.version.LooseVersion`` shim (gone in Python 3.12)."""
+    src = Path(src)
     pkg = src / "basicsr" if (src / "basicsr").is_dir() else src
+    if not (pkg / "archs" / "edvr_arch.py").is_file():
+        raise FileNotFoundError(f"{src}: no basicsr/archs/edvr_arch.py (fetch it with python -m tools.basicsr_source)")
     try:
         import distutils.version  # noqa: F401
     except ImportError:
@@ -58,3 +72,34 @@ def load_basicsr_edvr(src: Path):
     sys.modules["basicsr.ops.dcn"].modulated_deform_conv = dcn.modulated_deform_conv
     _load_module("basicsr.archs.arch_util", pkg / "archs" / "arch_util.py")
     return _load_module("basicsr.archs.edvr_arch", pkg / "archs" / "edvr_arch.py")
+
+
+def fetch(dest: Path, sdist: Path | None = None) -> None:
+    """Keeps ``KEEP``'s files of BasicSR 1.4.2's sdist (downloaded with pip unless given) in ``dest``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if sdist is None:
+            # Without build isolation: pip would install BasicSR's build requirements (torch) to read its metadata.
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation",
+                            "basicsr==1.4.2", "-d", tmp], check=True)
+            [sdist] = Path(tmp).glob("basicsr-1.4.2.tar.gz")
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                rel = member.name.split("/", 1)[-1]
+                if member.isfile() and any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in KEEP):
+                    target = dest / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.basicsr_source", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dest", nargs="?", default=str(DEFAULT_DEST))
+    parser.add_argument("--sdist", help="an already downloaded basicsr-1.4.2.tar.gz")
+    args = parser.parse_args()
+    fetch(Path(args.dest), Path(args.sdist) if args.sdist else None)
+    print(f"BasicSR 1.4.2's archs/ and ops/dcn/ in {args.dest}")
+
+
+if __name__ == "__main__":
+    main()
