@@ -18,6 +18,7 @@ def validate_config(cfg) -> None:
     The model's arguments and the training windows are checked by their owners
     (``EDVR.check_arguments``, ``WindowSpec``), their errors named by the config's fields."""
     from edvr_jax.data import DATASETS  # (imports TFDS: only when a config is checked)
+    from edvr_jax.data.layout import LAYOUTS
 
     m, d, o = cfg.model, cfg.data, cfg.optim
     checks = [
@@ -32,7 +33,8 @@ def validate_config(cfg) -> None:
         ("dcn_impl", cfg.dcn_impl, cfg.dcn_impl in IMPLS, f"one of {IMPLS}"),
         ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
         ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
-        ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),
+        ("data.worker_count", d.worker_count, d.worker_count >= -1, ">= 0, or -1 (one per core, see README)"),
+        ("data.layout", d.layout, d.layout in LAYOUTS, f"one of {LAYOUTS}"),
         ("optim.lr", o.lr, o.lr > 0, "> 0"),
         ("optim.periods", o.periods, len(o.periods) > 0 and all(p >= 1 for p in o.periods),
          "a non-empty tuple of positive integers"),
