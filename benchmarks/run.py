@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_train(results, args.quick)
         if args.what in ("pipeline", "all"):
             from benchmarks.pipeline import bench_pipeline
-            bench_pipeline(results, args.quick)
+            bench_pipeline(results, args.quick, args.basicsr_src)
         if args.what in ("tiles", "all"):
             bench_tiles(results, args.quick)
         if args.what in ("torch", "all"):

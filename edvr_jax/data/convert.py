@@ -57,10 +57,10 @@ def convert(data_dir: str | Path, dataset: str, config: str, tile: int = TILE,
     png = _open(data_dir, dataset, config)
     if png.info.metadata.get("layout", "png") != "png":
         raise DatasetError(f"{png.data_dir} is not a PNG build (layout {png.info.metadata['layout']})")
-    name = config_name(config, "tiles")
+    name = config_name(config, "tiles", tile)
     known = {c.name: c for c in cls.BUILDER_CONFIGS}
-    if name in known:
-        target = dataclasses.replace(known[name], tile=tile)
+    if config in known:
+        target = dataclasses.replace(known[config], name=name, layout="tiles", tile=tile)
     else:  # a footage config, made per folder: only its name, scale and degradation matter here
         kind = type(cls.BUILDER_CONFIGS[0])
         target = kind(name=name, scale=int(png.info.metadata["scale"]), layout="tiles", tile=tile,

@@ -17,6 +17,7 @@ bytes not at all. A tile build's TFDS config is its PNG twin's name plus ``-tile
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Sequence
 
 import numpy as np
@@ -38,14 +39,17 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def config_name(base: str, layout: str) -> str:
-    """The TFDS config name of a dataset config in a layout: ``sr_x4`` (png), ``sr_x4-tiles``."""
-    return base if check_layout(layout) == "png" else base + TILES_SUFFIX
+def config_name(base: str, layout: str, tile: int = TILE) -> str:
+    """The TFDS config name of a dataset config in a layout: ``sr_x4`` (png), ``sr_x4-tiles``
+    (``sr_x4-tiles64`` for tiles of another side than ``TILE``)."""
+    if check_layout(layout) == "png":
+        return base
+    return base + TILES_SUFFIX + ("" if tile == TILE else str(tile))
 
 
 def base_name(name: str) -> str:
     """A config name without its layout: the PNG twin's name (``sr_x4-tiles`` -> ``sr_x4``)."""
-    return name.removesuffix(TILES_SUFFIX)
+    return re.sub(TILES_SUFFIX + r"\d*$", "", name)
 
 
 def with_layouts(configs: Sequence) -> list:

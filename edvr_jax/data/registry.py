@@ -40,7 +40,7 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     """
     cls, default_config = builder_class(name)
     config = config or default_config
-    if config.endswith("-tiles"):
+    if base_name(config) != config:
         config, layout = base_name(config), "tiles"
     if issubclass(cls, EdvrFootage):
         if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -49,11 +50,18 @@ def offset_means(intermediates: Any) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0] for path, v in leaves}
 
 
+# NumPy's float32(u) / float32(255) for every uint8 u: the values the host pipeline used to make.
+# XLA computes x / 255 as x * (1 / 255) (the CPU backend even for a divisor it only gets at run
+# time), which differs in the last bit for 126 of the 256 values; a table lookup is exact anywhere.
+_U8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
 def to_float(x: jax.Array) -> jax.Array:
-    """uint8 pixels -> float32 in [0, 1], ``float32(x) / float32(255)`` exactly as NumPy computes it
-    (an IEEE division, correctly rounded; tests/test_data.py compares all 256 values); float input
-    as it is."""
-    return x.astype(jnp.float32) / jnp.float32(255) if x.dtype == jnp.uint8 else x
+    """uint8 pixels -> float32 in [0, 1], bit for bit NumPy's ``float32(x) / float32(255)``; float
+    input as it is."""
+    if x.dtype != jnp.uint8:
+        return x
+    return jnp.take(jnp.asarray(_U8_TO_FLOAT), x.astype(jnp.int32), mode="clip")  # uint8 is always in range
 
 
 def batch_to_float(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
