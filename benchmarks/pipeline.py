@@ -18,6 +18,7 @@ unpacked); with it, torch and OpenCV installed, ``REDSDataset`` runs beside ours
 from __future__ import annotations
 
 import cProfile
+import dataclasses
 import io
 import os
 import pstats
@@ -142,12 +143,15 @@ def _basicsr_batches(src: Path, root: Path, batch: int):
         yield from torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
 
 
-def _rate(it, batch: int, n: int) -> float:
-    """Clips per second over ``n`` batches, after one batch (worker start-up, first reads)."""
+def _rate(it, batch: int, seconds: float) -> float:
+    """Clips per second over at least 3 batches and ``seconds``, after two batches (worker
+    start-up, first reads, the workers' first buffered batches)."""
     next(it)
-    start = time.perf_counter()
-    for _ in range(n):
+    next(it)
+    n, start = 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - start < seconds:
         next(it)
+        n += 1
     return n * batch / (time.perf_counter() - start)
 
 
@@ -183,19 +187,23 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
         make_reds(tmp / "reds", frames_per_clip=100)
         print(f"REDS-size folder of Big Buck Bunny made in {time.perf_counter() - start:.0f} s")
         readers, disk = {}, {}
-        for layout in ("tiles", "png"):
+        configs = {c.name: c for c in EdvrReds.BUILDER_CONFIGS}
+        layouts = {"tiles": configs["sr_x4-tiles"], "png": configs["sr_x4"]}
+        if not quick:  # the other tile side considered
+            layouts["tiles256"] = dataclasses.replace(layouts["tiles"], name="sr_x4-tiles256", tile=256)
+        for layout, config in layouts.items():
             start = time.perf_counter()
-            builder = EdvrReds(config="sr_x4" + ("-tiles" if layout == "tiles" else ""), data_dir=str(tmp / "tfds"))
+            builder = EdvrReds(config=config, data_dir=str(tmp / "tfds"))
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / "reds")))
             readers[layout] = ClipReader(builder, "train")
             frames = sum(c[2] for r in ("train", "reds4") for c in ClipReader(builder, r).clips)
             disk[layout] = _disk(builder) / frames
             print(f"{layout} build: {time.perf_counter() - start:.0f} s, {disk[layout] / 2**20:.2f} MiB per frame")
         spec = WindowSpec(num_frame=5, gt_size=256)
-        batch, n, rounds = 8, (6 if quick else 20), (1 if quick else 3)
+        batch, seconds, rounds = 8, (3.0 if quick else 8.0), (1 if quick else 3)
         variants = {f"{layout}, {w} workers": (lambda layout=layout, w=w: iter(
             train_loader(readers[layout], spec, batch, seed=0, worker_count=w))) for w in (0, 2)
-            for layout in ("tiles", "png")}
+            for layout in readers if w == 0 or layout != "tiles256"}
         if basicsr_src:
             try:
                 import cv2  # noqa: F401
@@ -210,7 +218,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
         for r in range(rounds):  # interleaved: the machine's load changes during the run
             for name, make in variants.items():
                 it = make()
-                rates[name].append(_rate(it, batch, n if "BasicSR" not in name else max(2, n // 4)))
+                rates[name].append(_rate(it, batch, seconds))
                 del it
                 print(f"round {r + 1}: {name:32} {rates[name][-1]:8.1f} clips/s", flush=True)
         summary = {k: statistics.median(v) for k, v in rates.items()}
@@ -229,7 +237,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
         print(f"2 workers / one core: tiles {summary['tiles, 2 workers'] / summary['tiles, 0 workers']:.2f}x, "
               f"PNG {summary['png, 2 workers'] / summary['png, 0 workers']:.2f}x")
         print(f"one H200 (EDVR-M, batch {STEP_BATCH}, {STEP_S * 1e3:.0f} ms/step) consumes {need:.0f} clips/s")
-        print("\nprofile of the tile layout's samples, one core:\n" + _profile(readers["tiles"], spec, batch, n))
+        print("\nprofile of the tile layout's samples, one core:\n" + _profile(readers["tiles"], spec, batch, 12))
         return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -98,8 +98,11 @@ def test_both_layouts_store_the_same_frames(builds, reds_folder):
         np.testing.assert_array_equal(a.gt, b.gt)
     src = np.asarray(Image.open(reds_folder / "val_sharp" / "000" / "00000003.png"))
     np.testing.assert_array_equal(tiles.gt(1, 3), src)  # clip 240 = val 000
-    np.testing.assert_array_equal(tiles.lq_crop(1, [3], 1, 5, 6)[0], src[::4, ::4][1:7, 5:11])
-    np.testing.assert_array_equal(tiles.gt_crop(1, 3, 4, 20, 24), src[4:28, 20:44])
+    lq, gt = tiles.crops(1, [3, 4], 1, 5, 6, gt_frame=3)
+    np.testing.assert_array_equal(lq[0], src[::4, ::4][1:7, 5:11])
+    np.testing.assert_array_equal(lq[1], tiles.lq(1, [4])[0][1:7, 5:11])
+    np.testing.assert_array_equal(gt, src[4:28, 20:44])
+    np.testing.assert_array_equal(png.windows(1, [(3, True, 5, 7, 3, 30)])[0], src[5:8, 7:37])
 
 
 def _old_batch(reader: ClipReader, spec: WindowSpec, rows, seed: int) -> dict:
@@ -205,3 +208,132 @@ def test_auto_worker_count_uses_the_cores(monkeypatch):
     assert pipeline.auto_worker_count() == 8  # 4 per device
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
     assert pipeline.auto_worker_count() == 1  # cores less one, at least one
+
+
+# --- conversion -----------------------------------------------------------------------------------
+
+def test_a_png_build_converts_to_tiles_without_its_source(reds_folder, tmp_path, capsys):
+    data_dir = tmp_path / "tfds"
+    moved = tmp_path / "gone"
+    shutil.copytree(reds_folder, moved)
+    png = _build(moved, data_dir, "png")
+    shutil.rmtree(moved)  # the source folders are gone: only the PNG build is left
+    with pytest.raises(DatasetError, match=r"sr_x4-tiles is not built .* Its PNG build edvr_reds/sr_x4 is there: "
+                                           r"convert it once with `python -m edvr_jax.data.convert --data_dir "):
+        load_builder("reds", "sr_x4", data_dir=str(data_dir))
+    assert convert_cli.main(["--data_dir", str(data_dir), "--dataset", "reds"]) == 0
+    assert "sr_x4-tiles/1.0.0" in capsys.readouterr().out
+    tiles = load_builder("reds", "sr_x4", data_dir=str(data_dir))  # the default layout, now found
+    assert tiles.info.metadata["converted_from"] == "sr_x4" and tiles.info.metadata["layout"] == "tiles"
+    for split in ("train", "reds4"):
+        for a, b in zip(eval_clips(ClipReader(png, split)), eval_clips(ClipReader(tiles, split))):
+            assert a.name == b.name
+            np.testing.assert_array_equal(a.lq, b.lq)
+            np.testing.assert_array_equal(a.gt, b.gt)
+    assert convert_cli.main(["--data_dir", str(data_dir), "--dataset", "reds", "--verify"]) == 0
+    assert capsys.readouterr().out.count("all shards match") == 2
+
+
+# --- damaged datasets ------------------------------------------------------------------------------
+
+def _copy_build(builder, tmp_path) -> tuple[Path, Path]:
+    """A copy of a build (under tmp_path's data dir, same relative path) and its first train shard."""
+    src = Path(builder.data_dir)
+    dst = tmp_path / "tfds" / src.relative_to(src.parents[2])
+    shutil.copytree(src, dst)
+    return dst, sorted(dst.glob("*-train.array_record-*"))[0]
+
+
+def test_truncated_missing_or_resized_shards_are_named_when_opened(builds, tmp_path):
+    build_dir, shard = _copy_build(builds["tiles"], tmp_path)
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(DatasetError) as e:
+        ClipReader(tfds.builder_from_directory(str(build_dir)), "train")
+    message = str(e.value)
+    assert "\n" not in message and f"shard {shard} is {size // 2} bytes, but the build wrote {size}" in message
+    assert f"rebuild it: rm -r {build_dir}" in message
+    shard.unlink()
+    with pytest.raises(DatasetError, match=f"shard {shard} is missing"):
+        ClipReader(tfds.builder_from_directory(str(build_dir)), "train")
+    # a build made before sizes were recorded: the record count read from the file tells
+    shutil.copy(Path(builds["tiles"].data_dir) / shard.name, shard)
+    with open(shard, "r+b") as f:
+        f.truncate(size // 2)
+    info = json.loads((build_dir / "metadata.json").read_text())
+    del info["shards"]
+    (build_dir / "metadata.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=f"shard {shard} holds 0 records, but the build wrote 546"):
+        ClipReader(tfds.builder_from_directory(str(build_dir)), "train")
+
+
+def _flip_middle(shard: Path):
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.seek(size // 2)
+        data = f.read(8)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.heavy
+def test_bit_rot_in_a_shard_is_one_line_naming_the_record_also_from_workers(builds, tmp_path):
+    build_dir, shard = _copy_build(builds["tiles"], tmp_path)
+    _flip_middle(shard)
+    builder = tfds.builder_from_directory(str(build_dir))
+    reader = ClipReader(builder, "train")  # sizes still match: opening is fine
+    pattern = (rf"dataset edvr_reds/sr_x4-tiles8: record (\d+) \(record \1 of shard {shard}\) cannot be read: "
+               r"Corrupted Riegeli/records file: chunk data hash mismatch.*; rebuild it: rm -r ")
+    with pytest.raises(DatasetError, match=pattern) as e:
+        list(eval_clips(reader))
+    assert "\n" not in str(e.value)
+    record = int(e.value.args[0].split("record ")[1].split(" ")[0])
+    assert 546 * 0.4 < record < 546 * 0.6  # the middle of the shard
+    spec = WindowSpec(num_frame=3, gt_size=24)
+    for workers in (0, 2):  # every sample of an epoch is read: some touch the damaged tile
+        it = iter(train_loader(reader, spec, 2, seed=0, worker_count=workers, num_epochs=2))
+        with pytest.raises(DatasetError, match=pattern):
+            for _ in range(14):
+                next(it)
+        del it
+    assert shards.verify(builder) == [f"{shard}: SHA-256 differs from the build's"]
+    assert convert_cli.main(["--data_dir", str(tmp_path / "tfds"), "--dataset", "reds", "--config", "sr_x4-tiles8",
+                             "--verify"]) == 2
+
+
+def test_train_py_stops_in_one_line_on_a_truncated_shard(demo_builder, tmp_path):
+    """Status 2, one line naming the file, within seconds of the start (before any model is built)."""
+    build_dir, shard = _copy_build(demo_builder, tmp_path)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 3)
+    cmd = [sys.executable, str(ROOT / "train.py"), f"--config={ROOT / 'configs' / 'edvr.py'}:{TINY_ARG}",
+           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+           *(f"--config.{k}={v}" for k, v in TINY.items()), "--noprogress"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    took = time.perf_counter() - start
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: dataset edvr_demo/sr_x4-tiles: shard {shard} is "), lines
+    print(f"train.py: error after {took:.1f} s")  # the interpreter, JAX and TFDS imports included
+
+
+def test_a_killed_build_is_never_taken_for_a_finished_one(reds_folder, tmp_path):
+    data_dir = tmp_path / "tfds"
+    script = ("import sys, tensorflow_datasets as tfds; from edvr_jax.data import load_builder; "
+              f"load_builder('reds', data_dir={str(data_dir)!r}, manual_dir={str(reds_folder)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = data_dir / "edvr_reds" / "sr_x4-tiles"
+    deadline = time.time() + 120
+    while not any(folder.glob("incomplete.*/*-train.array_record*")):  # a shard being written
+        assert proc.poll() is None and time.time() < deadline, "the build ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (folder / "1.0.0" / "dataset_info.json").exists()
+    with pytest.raises(DatasetError, match="sr_x4-tiles is not built"):  # not mistaken for a build
+        load_builder("reds", data_dir=str(data_dir))
+    builder = load_builder("reds", data_dir=str(data_dir), manual_dir=str(reds_folder))  # builds again
+    assert [c[0] for c in ClipReader(builder, "train").clips] == ["001", "240"]

@@ -11,6 +11,7 @@ without touching the rest of its clip. The dataset's metadata holds, per split, 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -160,12 +161,15 @@ def _stored_clips(build: tfds.core.DatasetBuilder) -> dict[str, list[Clip]]:
     """The clips of a prepared build, each frame read from its records when it is stored again."""
     from edvr_jax.data.reader import ClipReader
 
-    splits = {}
-    for split in build.info.splits:
-        reader = ClipReader(build, split)
-        splits[split] = [Clip(name, [LazyFrame(lambda c=c, f=f: reader.lq(c, [f])[0], f"{reader.name} {name} LQ {f}")
-                                     for f in range(count)],
-                              [LazyFrame(lambda c=c, f=f: reader.gt(c, f), f"{reader.name} {name} GT {f}")
-                               for f in range(count)])
-                         for c, (name, _, count) in enumerate(reader.clips)]
-    return splits
+    def clip(reader: ClipReader, c: int) -> Clip:
+        name, _, count = reader.clips[c]
+        return Clip(name, [LazyFrame(partial(_first, reader.lq, c, f), f"{reader.name} {name} LQ {f}")
+                           for f in range(count)],
+                    [LazyFrame(partial(reader.gt, c, f), f"{reader.name} {name} GT {f}") for f in range(count)])
+
+    readers = {split: ClipReader(build, split) for split in build.info.splits}
+    return {split: [clip(r, c) for c in range(len(r.clips))] for split, r in readers.items()}
+
+
+def _first(read_frames, clip: int, frame: int) -> np.ndarray:
+    return read_frames(clip, [frame])[0]

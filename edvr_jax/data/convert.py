@@ -59,7 +59,9 @@ def convert(data_dir: str | Path, dataset: str, config: str, tile: int = TILE,
         raise DatasetError(f"{png.data_dir} is not a PNG build (layout {png.info.metadata['layout']})")
     name = config_name(config, "tiles", tile)
     known = {c.name: c for c in cls.BUILDER_CONFIGS}
-    if config in known:
+    if name in known:  # TFDS wants the class's own object for a name it lists
+        target = known[name]
+    elif config in known:
         target = dataclasses.replace(known[config], name=name, layout="tiles", tile=tile)
     else:  # a footage config, made per folder: only its name, scale and degradation matter here
         kind = type(cls.BUILDER_CONFIGS[0])

@@ -159,8 +159,7 @@ class _LoadBatch(grain.MapTransform):
             raise DatasetError(f"{reader.name}: clip {reader.clips[clip][0]} has {h}x{w} LQ frames, smaller "
                                f"than the {p}x{p} training patch (gt_size {spec.gt_size} / scale {s})")
         top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
-        lq = reader.lq_crop(clip, frames, top, left, p)
-        gt = reader.gt_crop(clip, center, top * s, left * s, p * s)
+        lq, gt = reader.crops(clip, frames, top, left, p, center)
         if spec.use_hflip and rng.random() < 0.5:
             lq, gt = lq[:, :, ::-1], gt[:, ::-1]
         if spec.use_rot:
@@ -222,6 +221,12 @@ class TrainBatches:
             start = grain_state_position(saved)
         self.close()
         self._next = start
+
+    def start_prefetch(self) -> None:
+        """Starts the workers now (Grain's checkpoint handler calls it after ``set_state``)."""
+        if self._it is None:
+            self._it = iter(self._loader(self._next))
+        self._it.start_prefetch()
 
     def close(self) -> None:
         """Ends the worker processes (a later ``next`` starts them again)."""

@@ -15,8 +15,8 @@ from edvr_jax.data.layout import TileGrid, base_name
 
 
 class ClipReader:
-    """Random access to the frames of one split: ``lq(clip, frames)``, ``gt(clip, frame)``, and the
-    crops ``lq_crop`` / ``gt_crop``.
+    """Random access to the frames of one split: ``lq(clip, frames)``, ``gt(clip, frame)``, a
+    training sample's ``crops`` and any ``windows``.
 
     Opening checks the split's shards (``shards.open_split``: missing, truncated or resized files
     are a ``DatasetError`` here, not in a worker). Picklable (Grain workers reopen the files).
@@ -47,22 +47,24 @@ class ClipReader:
     def lq_size(self, clip: int) -> tuple[int, int]:
         """``(h, w)`` of the clip's LQ frames (GT: ``scale`` times that)."""
         if self._sizes[clip] is None:  # an older PNG build: the size from the first frame's PNG header
-            self._sizes[clip] = decode_png(self._examples(clip, 0)[0]["lq"]).shape[:2]
+            self._sizes[clip] = decode_png(self._examples(clip, [(0, 0)])[0]["lq"]).shape[:2]
         return self._sizes[clip]
 
     def _grids(self, clip: int) -> tuple[TileGrid, TileGrid]:
         h, w = self.lq_size(clip)
         return TileGrid(h, w, self.tile), TileGrid(h * self.scale, w * self.scale, self.tile)
 
-    def _examples(self, clip: int, frame: int, indices: Sequence[int] = (0,)) -> list[dict]:
-        """Records ``indices`` of one frame (its tiles, or its one PNG record), parsed and checked."""
+    def _examples(self, clip: int, wanted: Sequence[tuple[int, int]]) -> list[dict]:
+        """Records ``(frame, index within the frame)`` of one clip (its tiles, or a frame's one PNG
+        record), read in one call, parsed and checked."""
         name, start, count = self.clips[clip]
-        if not 0 <= frame < count:
-            raise IndexError(f"{self.name}: clip {name} has {count} frames, asked for frame {frame}")
         per_frame = 1 if self.layout == "png" else sum(map(len, self._grids(clip)))
-        first = start + frame * per_frame
-        raw = self._records.read([first + i for i in indices])
-        return [self._parse(r, first + i, clip, frame, i) for r, i in zip(raw, indices)]
+        for frame, _ in wanted:
+            if not 0 <= frame < count:
+                raise IndexError(f"{self.name}: clip {name} has {count} frames, asked for frame {frame}")
+        indices = [start + frame * per_frame + i for frame, i in wanted]
+        raw = self._records.read(indices)
+        return [self._parse(r, index, clip, frame, i) for r, index, (frame, i) in zip(raw, indices, wanted)]
 
     def _parse(self, raw: bytes, index: int, clip: int, frame: int, tile: int) -> dict:
         feature = tf_example_pb2.Example.FromString(raw).features.feature
@@ -80,34 +82,41 @@ class ClipReader:
 
     # ------------------------------------------------------------------ frames and crops
 
-    def _window(self, clip: int, frame: int, gt: bool, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """uint8 ``[height, width, 3]`` of one frame at ``(top, left)``: from the tiles it overlaps."""
+    def windows(self, clip: int, wanted: Sequence[tuple[int, bool, int, int, int, int]]) -> list[np.ndarray]:
+        """uint8 ``[height, width, 3]`` for each ``(frame, gt, top, left, height, width)`` of one clip:
+        from the tiles each overlaps, all read in one call (or from decoded PNG frames)."""
         if self.layout == "png":
-            img = decode_png(self._examples(clip, frame)[0]["gt" if gt else "lq"])
-            return img[top:top + height, left:left + width]
+            records = self._examples(clip, [(w[0], 0) for w in wanted])
+            return [decode_png(r["gt" if gt else "lq"])[top:top + h, left:left + w]
+                    for r, (_, gt, top, left, h, w) in zip(records, wanted)]
         lq_grid, gt_grid = self._grids(clip)
-        grid, offset = (gt_grid, len(lq_grid)) if gt else (lq_grid, 0)
-        parts = grid.covering(top, left, height, width)
-        tiles = self._examples(clip, frame, [offset + p[0] for p in parts])
-        out = np.empty((height, width, 3), np.uint8)
-        for (_, ty, tx, oy, ox), t in zip(parts, tiles):
-            out[oy, ox] = t["tile"][ty, tx]
+        plans = [(gt_grid, len(lq_grid)) if w[1] else (lq_grid, 0) for w in wanted]
+        parts = [grid.covering(*w[2:]) for (grid, _), w in zip(plans, wanted)]
+        tiles = iter(self._examples(clip, [(w[0], offset + p[0]) for w, (_, offset), ps in zip(wanted, plans, parts)
+                                           for p in ps]))
+        out = []
+        for (*_, h, w), ps in zip(wanted, parts):
+            img = np.empty((h, w, 3), np.uint8)
+            for (_, ty, tx, oy, ox) in ps:
+                img[oy, ox] = next(tiles)["tile"][ty, tx]
+            out.append(img)
         return out
 
-    def lq_crop(self, clip: int, frames: Sequence[int], top: int, left: int, size: int) -> np.ndarray:
-        """uint8 ``[len(frames), size, size, 3]``: the same LQ window of each frame."""
-        return np.stack([self._window(clip, f, False, top, left, size, size) for f in frames])
-
-    def gt_crop(self, clip: int, frame: int, top: int, left: int, size: int) -> np.ndarray:
-        """uint8 ``[size, size, 3]`` of one GT frame."""
-        return self._window(clip, frame, True, top, left, size, size)
+    def crops(self, clip: int, frames: Sequence[int], top: int, left: int, size: int,
+              gt_frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """A training sample's pixels: the ``size``-pixel LQ window at ``(top, left)`` of each frame,
+        uint8 ``[len(frames), size, size, 3]``, and the GT window over it in ``gt_frame``."""
+        s = self.scale
+        got = self.windows(clip, [(f, False, top, left, size, size) for f in frames]
+                           + [(gt_frame, True, top * s, left * s, size * s, size * s)])
+        return np.stack(got[:-1]), got[-1]
 
     def lq(self, clip: int, frames: Sequence[int]) -> np.ndarray:
         """uint8 ``[len(frames), h, w, 3]``."""
         h, w = self.lq_size(clip)
-        return np.stack([self._window(clip, f, False, 0, 0, h, w) for f in frames])
+        return np.stack(self.windows(clip, [(f, False, 0, 0, h, w) for f in frames]))
 
     def gt(self, clip: int, frame: int) -> np.ndarray:
         """uint8 ``[H, W, 3]``."""
         h, w = self.lq_size(clip)
-        return self._window(clip, frame, True, 0, 0, h * self.scale, w * self.scale)
+        return self.windows(clip, [(frame, True, 0, 0, h * self.scale, w * self.scale)])[0]

@@ -136,8 +136,6 @@ def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = No
 
 
 def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
-    from edvr_jax import run_log  # TensorBoard through TensorFlow: only for the loop
-
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
     if cfg.batch_size % mesh.size:
@@ -160,6 +158,8 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
+    from edvr_jax import run_log  # TensorBoard through TensorFlow: imported once the data has been opened
+
     metrics_log = _MetricsLog(run_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
     bar = _Progress(lead and progress, cfg.total_steps, step)
