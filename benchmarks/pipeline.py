@@ -190,7 +190,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
         configs = {c.name: c for c in EdvrReds.BUILDER_CONFIGS}
         layouts = {"tiles": configs["sr_x4-tiles"], "png": configs["sr_x4"]}
         if not quick:  # the other tile side considered
-            layouts["tiles256"] = dataclasses.replace(layouts["tiles"], name="sr_x4-tiles256", tile=256)
+            layouts["tiles128"] = dataclasses.replace(layouts["tiles"], name="sr_x4-tiles128", tile=128)
         for layout, config in layouts.items():
             start = time.perf_counter()
             builder = EdvrReds(config=config, data_dir=str(tmp / "tfds"))
@@ -203,7 +203,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
         batch, seconds, rounds = 8, (3.0 if quick else 8.0), (1 if quick else 3)
         variants = {f"{layout}, {w} workers": (lambda layout=layout, w=w: iter(
             train_loader(readers[layout], spec, batch, seed=0, worker_count=w))) for w in (0, 2)
-            for layout in readers if w == 0 or layout != "tiles256"}
+            for layout in readers if w == 0 or layout != "tiles128"}
         if basicsr_src:
             try:
                 import cv2  # noqa: F401

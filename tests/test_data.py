@@ -169,8 +169,8 @@ def test_demo_lq_is_the_matlab_bicubic_of_gt(demo_builder):
     reader = ClipReader(demo_builder, "test")
     assert len(reader.clips) == 4 and all(c[2] == 10 for c in reader.clips)
     assert demo_builder.info.metadata["layout"] == "tiles" and reader.lq_size(0) == (32, 48)
-    # 120 frames of 1 LQ tile (32x48) and 2 GT tiles (128x192 in 128-pixel tiles)
-    assert demo_builder.info.splits["train"].num_examples == 120 * 3
+    # 120 frames of one LQ tile (32x48) and one GT tile (128x192), 256-pixel tiles
+    assert demo_builder.info.splits["train"].num_examples == 120 * 2
     clip = next(eval_clips(reader))
     assert clip.gt.shape == (10, 128, 192, 3) and clip.lq.shape == (10, 32, 48, 3)
     for f in (0, 9):

@@ -16,7 +16,8 @@ from edvr_jax.data.registry import DATASETS, footage_options, load_builder, load
 from edvr_jax.data.vid4 import EdvrVid4
 from edvr_jax.data.vimeo90k import EdvrVimeo90k
 
-__all__ = ["Clip", "DATASETS", "DEGRADATIONS", "LAYOUTS", "TileGrid", "TrainBatches", "auto_worker_count", "ClipReader", "DatasetError", "EdvrDemo", "EdvrDemoVideo",
+__all__ = ["Clip", "DATASETS", "DEGRADATIONS", "LAYOUTS", "TileGrid", "TrainBatches", "auto_worker_count",
+           "ClipReader", "DatasetError", "EdvrDemo", "EdvrDemoVideo",
            "EdvrFootage", "EdvrReds", "EdvrVid4", "EdvrVimeo90k", "EvalClip", "FootageConfig", "LazyFrame",
            "VideoConfig", "VideoRestorationBuilder", "WindowSpec", "degrade", "eval_clips",
            "find_clips", "folder_clips", "footage_options", "load_builder", "load_config_builder", "train_loader"]

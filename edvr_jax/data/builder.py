@@ -132,7 +132,8 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
         """The records of every frame; fills the split's clip table as the frames' sizes become known."""
         cfg = self.builder_config
         scale, degradation = cfg.scale, cfg.degradation
-        table, sizes = self.info.metadata["clips"].setdefault(split, []), self.info.metadata["sizes"].setdefault(split, [])
+        table = self.info.metadata["clips"].setdefault(split, [])
+        sizes = self.info.metadata["sizes"].setdefault(split, [])
         index = 0
         for clip in clips:
             table.append([clip.name, index, len(clip.gt)])

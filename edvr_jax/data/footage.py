@@ -39,11 +39,11 @@ CONFIG_ALIASES = {"sr_x4": "bi_x4"}  # the other datasets' name for bicubic x4
 
 
 def base_configs(**options) -> list[FootageConfig]:
-    return with_layouts([FootageConfig(name="bi_x4", scale=4, degradation="bi", description="MATLAB bicubic x4 LQ made from GT",
-                          **options),
-            FootageConfig(name="bd_x4", scale=4, degradation="bd",
-                          description="Gaussian blur (13x13, sigma 1.6) + x4 decimation LQ made from GT (DUF's BD)",
-                          **options)])
+    return with_layouts([FootageConfig(name="bi_x4", scale=4, degradation="bi",
+                                       description="MATLAB bicubic x4 LQ made from GT", **options),
+                         FootageConfig(name="bd_x4", scale=4, degradation="bd",
+                                       description="Gaussian blur (13x13, sigma 1.6) + x4 decimation LQ made from GT "
+                                                   "(DUF's BD)", **options)])
 
 
 def fingerprint(root: Path) -> str:
@@ -109,8 +109,8 @@ def make_config(builder_cls, config: str | None, root: Path, options: dict | Non
     key = repr((base.name, base.scale, base.degradation, sorted(fields.items()), fingerprint(root)))
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return FootageConfig(name=config_name(f"{base.name}-{digest}", layout), scale=base.scale,
-                         degradation=base.degradation, layout=layout, description=f"{base.description}; {root}; {fields}",
-                         source=str(root.resolve()), **fields)
+                         degradation=base.degradation, layout=layout,
+                         description=f"{base.description}; {root}; {fields}", source=str(root.resolve()), **fields)
 
 
 def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: str, noise: float) -> list[Clip]:

@@ -188,22 +188,28 @@ class TrainBatches:
         self._workers, self._buffer = worker_count, worker_buffer_size
         self._next, self._it = 0, None
 
-    def _loader(self, start: int) -> grain.DataLoader:
-        plan = self._plan.from_batch(start)
-        sampler = grain.IndexSampler(num_records=len(plan), shard_options=grain.NoSharding(), shuffle=False,
-                                     num_epochs=1, seed=0)
-        # One thread hands out batch indices (the default 16 would only compete with the loading).
-        return grain.DataLoader(data_source=plan, sampler=sampler, worker_count=self._workers,
-                                worker_buffer_size=self._buffer, operations=[self._load],
-                                read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    def _start(self) -> grain.DatasetIterator:
+        """Grain's dataset pipeline from batch ``self._next``: the plan's rows, loaded, in
+        ``self._workers`` processes (each makes every n-th batch; Grain keeps their order)."""
+        # One thread hands out the rows (cheap); the default 16 would only compete with the loading.
+        ds = grain.MapDataset.source(self._plan.from_batch(self._next)).to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).map(self._load)
+        if self._workers:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers,
+                                                             per_worker_buffer_size=self._buffer))
+        return iter(ds)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._it is None:
-            self._it = iter(self._loader(self._next))
-        batch = next(self._it)
+            self._it = self._start()
+        try:
+            batch = next(self._it)
+        except BaseException:
+            self.close()  # the workers now, not at interpreter exit (where Grain 0.2.18's finalizer may fail)
+            raise
         self._next += 1
         return batch
 
@@ -225,12 +231,17 @@ class TrainBatches:
     def start_prefetch(self) -> None:
         """Starts the workers now (Grain's checkpoint handler calls it after ``set_state``)."""
         if self._it is None:
-            self._it = iter(self._loader(self._next))
+            self._it = self._start()
         self._it.start_prefetch()
 
     def close(self) -> None:
         """Ends the worker processes (a later ``next`` starts them again)."""
-        self._it = None
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def __del__(self):
+        self.close()
 
 
 def grain_state_position(state: dict) -> int:

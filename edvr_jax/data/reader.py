@@ -34,7 +34,8 @@ class ClipReader:
         self.scale = int(meta["scale"])
         self.layout = meta.get("layout", "png")  # builds made before the tile layout are PNG
         self.tile = int(meta.get("tile", 0))
-        self._sizes = [tuple(map(int, s)) for s in meta["sizes"][split]] if "sizes" in meta else [None] * len(self.clips)
+        sizes = meta.get("sizes", {}).get(split)  # absent in builds made before the tile layout
+        self._sizes = [tuple(map(int, s)) for s in sizes] if sizes else [None] * len(self.clips)
         self._records = shards.open_split(builder, split)
 
     @property
@@ -73,8 +74,8 @@ class ClipReader:
                feature["index"].int64_list.value[0] if self.layout == "tiles" else 0)
         if got != (name, frame, tile):
             raise DatasetError(f"{self.name}/{self.split}: record {index} holds clip {got[0]} frame {got[1]} "
-                               f"(tile {got[2]}), expected {name} frame {frame} (tile {tile}); the dataset files do not "
-                               f"match their clip table ({self._records.hint})")
+                               f"(tile {got[2]}), expected {name} frame {frame} (tile {tile}); the dataset files do "
+                               f"not match their clip table ({self._records.hint})")
         if self.layout == "png":
             return {"lq": feature["lq"].bytes_list.value[0], "gt": feature["gt"].bytes_list.value[0]}
         shape = tuple(feature["tile/shape"].int64_list.value)
