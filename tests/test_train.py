@@ -232,8 +232,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
     def nan_second_batch(local, batch_sharding):
         seen.append(1)
-        if len(seen) == 2:
-            local = {k: np.full_like(v, np.nan) for k, v in local.items()}
+        if len(seen) == 2:  # batches are uint8, which holds no NaN: a float32 batch of NaN instead
+            local = {k: np.full(v.shape, np.nan, np.float32) for k, v in local.items()}
         return global_batch(local, batch_sharding)
 
     monkeypatch.setattr(sharding, "global_batch", nan_second_batch)

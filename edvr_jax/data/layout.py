@@ -5,8 +5,9 @@
   one record each: per frame its LQ tiles, then its GT tiles, row-major. A training crop reads
   only the tiles it overlaps (a 256x256 GT crop 4 tiles, a 64x64 LQ crop of a 180x320 frame 1
   or 2) and a slice of each; a whole frame is its tiles put back together. Lossless, no
-  decoding. A read costs ~30 us plus ~0.35 us per KB, so few larger records beat many small
-  ones: 256-pixel tiles gave 1.1-1.6x the samples per second of 128-pixel tiles here.
+  decoding. A read costs ~30 us plus ~0.35 us per KB: 128-pixel tiles read fewer bytes per
+  sample in twice the records, and measured within 10 % of 256 (benchmarks/README.md); 256
+  halves the records per sample and quarters them per whole frame (validation).
 * ``png``: one record per frame, ``{'lq', 'gt'}`` PNG bytes (zlib level 1). About 2.5x smaller on
   disk; every read decodes whole frames.
 
@@ -27,7 +28,7 @@ import tensorflow_datasets as tfds
 
 LAYOUTS = ("tiles", "png")
 DEFAULT_LAYOUT = "tiles"
-TILE = 256  # measured against 128 on REDS-size samples: benchmarks/README.md, input pipeline
+TILE = 256  # against 128 on REDS-size samples: benchmarks/README.md, input pipeline
 TILES_SUFFIX = "-tiles"
 # array_record writer options: one record per chunk (random reads touch one record), no compression.
 WRITER_OPTIONS = "group_size:1,uncompressed"
