@@ -11,8 +11,10 @@ temporary folder: four 100-frame clips (windows of the video starting at frames 
 ``REDSDataset`` assumes 100-frame clips) as ``train_sharp/001..003`` and ``val_sharp/000`` (clip
 240), their 180x320 LQ made by the project's MATLAB bicubic, and the four REDS4 clips (5 frames
 each, not sampled). Samples as the official recipe draws them: 5 frames, GT crop 256, flips and
-rotations; batch 8. ``DIR``: BasicSR 1.4.2's source (``pip download --no-deps basicsr==1.4.2``,
-unpacked); with it, torch and OpenCV installed, ``REDSDataset`` runs beside ours.
+rotations; batch 8. ``DIR``: BasicSR 1.4.2's source (``python -m tools.basicsr_source``); with it,
+torch and OpenCV installed (``pip install torch==2.13.0 opencv-python-headless``), ``REDSDataset``
+runs beside ours. One-core figures are clips per CPU-second of the loading process, which is what
+an idle core does even when the machine is shared; the 2-worker figures are wall clips/s.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -73,50 +74,6 @@ def make_reds(root: Path, frames_per_clip: int = 100) -> None:
                 Image.fromarray(img).save(root / folder / f"{f:08d}.png", compress_level=1)
 
 
-def load_reds_dataset(src: Path):
-    """BasicSR 1.4.2's ``REDSDataset`` from its source tree, with only the modules it reads loaded
-    (``basicsr/__init__`` pulls in LMDB, the archs, ...): data/transforms.py, utils/file_client.py,
-    utils/img_util.py, utils/flow_util.py; its registry and logger stubbed."""
-    import importlib.util
-    import logging
-
-    pkg = src / "basicsr" if (src / "basicsr").is_dir() else src
-    needed = ["data/reds_dataset.py", "data/transforms.py", "utils/file_client.py", "utils/img_util.py",
-              "utils/flow_util.py"]
-    missing = [n for n in needed if not (pkg / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{pkg} lacks {missing}: pass BasicSR 1.4.2's unpacked sdist")
-
-    def load(name, rel):
-        spec = importlib.util.spec_from_file_location(name, pkg / rel)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    for name in ("basicsr", "basicsr.data", "basicsr.utils", "basicsr.utils.registry"):
-        module = types.ModuleType(name)
-        module.__path__ = []
-        sys.modules[name] = module
-    sys.modules["basicsr.utils.registry"].DATASET_REGISTRY = types.SimpleNamespace(register=lambda: (lambda c: c))
-    if "torchvision" not in sys.modules:  # img_util imports make_grid, which REDSDataset never calls
-        try:
-            import torchvision.utils  # noqa: F401
-        except ImportError:
-            tv = types.ModuleType("torchvision")
-            tv.utils = types.ModuleType("torchvision.utils")
-            tv.utils.make_grid = None
-            sys.modules["torchvision"], sys.modules["torchvision.utils"] = tv, tv.utils
-    utils = sys.modules["basicsr.utils"]
-    utils.get_root_logger = lambda: logging.getLogger("basicsr")
-    utils.FileClient = load("basicsr.utils.file_client", "utils/file_client.py").FileClient
-    img_util = load("basicsr.utils.img_util", "utils/img_util.py")
-    utils.imfrombytes, utils.img2tensor = img_util.imfrombytes, img_util.img2tensor
-    load("basicsr.utils.flow_util", "utils/flow_util.py")
-    load("basicsr.data.transforms", "data/transforms.py")
-    return load("basicsr.data.reds_dataset", "data/reds_dataset.py").REDSDataset
-
-
 def _basicsr_batches(src: Path, root: Path, batch: int):
     """An endless iterator of BasicSR's training batches over ``root`` (one process, one thread)."""
     import cv2
@@ -124,7 +81,9 @@ def _basicsr_batches(src: Path, root: Path, batch: int):
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    reds_dataset = load_reds_dataset(src)
+    from tools.basicsr_source import load_basicsr_reds_dataset
+
+    reds_dataset = load_basicsr_reds_dataset(src)
     merged = root / "basicsr"  # BasicSR's train_sharp_with_val layout: val 000 as clip 240
     for kind, lq in (("gt", ""), ("lq", "_bicubic/X4")):
         for clip, start in CLIP_STARTS.items():
@@ -214,7 +173,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
             except ImportError as e:
                 print(f"BasicSR's REDSDataset skipped: {e} (pip install torch==2.13.0 opencv-python-headless)")
         else:
-            print("BasicSR's REDSDataset skipped: pass --basicsr-src (BasicSR 1.4.2's unpacked sdist)")
+            print("BasicSR's REDSDataset skipped: pass --basicsr-src (python -m tools.basicsr_source)")
         rates: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
         for r in range(rounds):  # interleaved: the machine's load changes during the run
             for name, make in variants.items():
