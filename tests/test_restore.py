@@ -53,9 +53,31 @@ def test_metrics_hand_values():
     assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2), rel=1e-12)  # MSE 1
     b[0, 0, 0] = 17  # MSE (1 * 767 + 17^2) / 768
     assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / ((767 + 289) / 768)), rel=1e-12)
-    np.testing.assert_allclose(rgb_to_y(np.array([[[0, 0, 0], [255, 255, 255]]])), [[16.0, 235.0]])
     assert psnr(a, a) == float("inf") and ssim(b, b) == pytest.approx(1.0)
     assert to_uint8(np.array([0.5 / 255, 1.5 / 255, 2.0])).tolist() == [0, 2, 255]  # round half to even, clip
+
+
+def test_y_channel_and_crop_border_hand_values():
+    """BT.601 luma as BasicSR's rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B for RGB in [0, 1]."""
+    pixels = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 128, 0],
+                        [128, 128, 128], [10, 200, 30]]])
+    np.testing.assert_allclose(rgb_to_y(pixels), [[16.0, 235.0, 81.481, 144.553, 40.966,
+                                                  146.00956470588235,  # 16 + 65.481 + 128.553 * 128 / 255
+                                                  125.92941176470588,  # 16 + 219 * 128 / 255
+                                                  122.33094117647059]],  # 16 + (654.81 + 25710.6 + 748.98) / 255
+                               rtol=1e-12)
+    a = np.zeros((16, 16, 3))
+    blue = a.copy()
+    blue[..., 2] = 51  # Y differs by 24.966 * 51 / 255 = 4.9932 everywhere; RGB MSE 51^2 / 3
+    assert psnr(a, blue, test_y_channel=True) == pytest.approx(34.163224371867656, rel=1e-12)  # 20 log10(255 / 4.9932)
+    assert psnr(a, blue) == pytest.approx(18.750612633917, rel=1e-12)  # 10 log10(75)
+    ring = np.full((16, 16, 3), 255.0)
+    ring[2:-2, 2:-2] = 0  # differs from a only within 2 px of the border
+    assert psnr(a, ring, crop_border=2) == float("inf") and psnr(a, ring, crop_border=1) < 10
+    assert ssim(a, ring, crop_border=2) == 1.0 and ssim(a, ring, crop_border=2, test_y_channel=True) == 1.0
+    assert ssim(a, ring, crop_border=1) < 0.6
+    ring[8, 8] = 16  # one pixel inside: MSE 3 * 16^2 / (12 * 12 * 3)
+    assert psnr(a, ring, crop_border=2) == pytest.approx(45.632028876513104, rel=1e-12)
 
 
 def test_ssim_matches_scikit_image_gaussian_ssim():
@@ -67,7 +89,8 @@ def test_ssim_matches_scikit_image_gaussian_ssim():
     ref = structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
                                 use_sample_covariance=False)
     assert ssim(a, b) == pytest.approx(ref, rel=1e-9)
-    ref_y = structural_similarity(rgb_to_y(a), rgb_to_y(b), data_range=255, gaussian_weights=True, sigma=1.5,
+    y = lambda img: 16 + img @ np.array([65.481, 128.553, 24.966]) / 255  # noqa: E731  (BT.601, as BasicSR)
+    ref_y = structural_similarity(y(a), y(b), data_range=255, gaussian_weights=True, sigma=1.5,
                                   use_sample_covariance=False)
     assert ssim(a, b, test_y_channel=True) == pytest.approx(ref_y, rel=1e-9)
 
