@@ -231,8 +231,10 @@ def test_restore_outputs_a_video_into_a_new_folder_and_refuses_unknown_suffixes(
     weights.save_weights(tmp_path / "w", model, synthetic_variables(model)["params"])
     frames = tmp_path / "in"
     frames.mkdir()
-    for i in range(5):
-        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(frames / f"{i:03d}.png")
+    yy, xx = np.mgrid[:8, :8]
+    for i in range(5):  # coloured: red rises along x and with i, green falls along y, blue is flat
+        rgb = np.stack([40 * i + 10 * xx, 200 - 15 * yy, np.full_like(xx, 60)], axis=-1)
+        Image.fromarray(rgb.astype(np.uint8)).save(frames / f"{i:03d}.png")
     args = [str(frames), "--checkpoint", str(tmp_path / "w")]
     assert restore_cli.main([args[0], str(tmp_path / "out.txt"), *args[1:]]) == 2
     assert "not a '.txt' file" in capsys.readouterr().err and not (tmp_path / "out.txt").exists()
