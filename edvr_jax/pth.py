@@ -172,14 +172,18 @@ class _Unpickler(pickle.Unpickler):
         return self._storage(pid[1:])
 
 
-def _storage_args(args: tuple, legacy: bool) -> tuple[np.dtype, str, int]:
-    """``(dtype, key, numel)`` of a persistent id ``('storage', type, key, location, numel[, view])``."""
+def _storage_args(args: tuple, legacy: bool, seen: dict[str, _Storage]) -> tuple[np.dtype, str, int]:
+    """``(dtype, key, numel)`` of a persistent id ``('storage', type, key, location, numel[, view])``;
+    a key met before must come with the same dtype."""
     if len(args) != (5 if legacy else 4) or not isinstance(args[0], _StorageType):
         raise pickle.UnpicklingError(f"unexpected storage id {str(args)[:100]}")
     storage_type, key, _location, numel = args[:4]
     if not isinstance(key, str) or type(numel) is not int or numel < 0:
         raise pickle.UnpicklingError(f"unexpected storage id {str(args)[:100]}")
-    return _numpy_dtype(storage_type.dtype), key, numel
+    dtype = _numpy_dtype(storage_type.dtype)
+    if key in seen and seen[key].dtype != dtype:
+        raise pickle.UnpicklingError(f"storage {key!r} is read as {seen[key].dtype} and as {dtype}")
+    return dtype, key, numel
 
 
 def _resolve(obj: Any, seen: dict[int, Any]) -> Any:
@@ -216,9 +220,7 @@ def _read_zip(zf: zipfile.ZipFile) -> Any:
     storages: dict[str, _Storage] = {}
 
     def storage(args):
-        dtype, key, numel = _storage_args(args, legacy=False)
-        if key in storages and storages[key].dtype != dtype:
-            raise pickle.UnpicklingError(f"storage {key!r} is read as {storages[key].dtype} and as {dtype}")
+        dtype, key, numel = _storage_args(args, legacy=False, seen=storages)
         if key not in storages:
             record = f"{prefix}/data/{key}"
             if record not in names:
@@ -237,7 +239,13 @@ def _read_zip(zf: zipfile.ZipFile) -> Any:
 
 
 def _read_legacy(f: BinaryIO, size: int) -> Any:
-    if _Unpickler(f).load() != _LEGACY_MAGIC:
+    try:
+        magic = _Unpickler(f).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError):  # not a pickle at all
+        magic = None
+    if magic != _LEGACY_MAGIC:
         raise pickle.UnpicklingError("neither a zip archive (torch >= 1.6) nor torch's legacy format (torch < 1.6)")
     protocol = _Unpickler(f).load()
     if protocol != _LEGACY_PROTOCOL:
@@ -246,14 +254,15 @@ def _read_legacy(f: BinaryIO, size: int) -> Any:
     roots: dict[str, _Storage] = {}
 
     def storage(args):
-        dtype, key, numel = _storage_args(args, legacy=True)
+        dtype, key, numel = _storage_args(args, legacy=True, seen=roots)
         root = roots.setdefault(key, _Storage(key, dtype, numel))
         if args[4] is None:
             return root
-        view_key, offset, view_numel = args[4]  # storages that were views of others (torch < 1.0)
-        if offset < 0 or view_numel < 0 or offset + view_numel > numel:
-            raise pickle.UnpicklingError(f"storage view {view_key!r} [{offset}, +{view_numel}) of {numel} elements")
-        return _Storage(view_key, dtype, view_numel, root, offset)
+        view_key, offset, view_numel = args[4]  # a storage that was a slice of another (torch < 1.0)
+        if type(offset) is not int or type(view_numel) is not int or not 0 <= offset <= offset + view_numel <= numel:
+            raise pickle.UnpicklingError(f"storage view {view_key!r}: {view_numel!r} elements from {offset!r} of "
+                                         f"{numel}")
+        return _Storage(str(view_key), dtype, view_numel, root, offset)
 
     result = _Unpickler(f, storage).load()
     keys = _Unpickler(f).load()

@@ -3,6 +3,8 @@
 
 import collections
 import json
+import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -86,20 +88,37 @@ def test_a_pickle_that_would_run_code_is_refused_naming_the_global(name, culprit
     assert not (tmp_path / "pwned").exists()
 
 
-def _tensor_pickle(size, stride, offset, numel, extra=b""):
-    """data.pkl of ``{'x': tensor}`` written opcode by opcode as torch.save writes it (protocol 2)."""
+def _tensor_pickle(size, stride, offset, numel, view: bytes | None = None):
+    """data.pkl of ``{'x': tensor}`` written opcode by opcode as torch.save writes it (protocol 2):
+    a tensor on storage '0' (float32, 'cpu'). ``view``: the legacy format's sixth persistent-id
+    entry (``b"N"``: none; ``b"(X...K.K.t"``: a view of the storage)."""
     ints = lambda xs: b"(" + b"".join(b"K" + bytes([v]) for v in xs) + b"t"  # noqa: E731
-    return (b"\x80\x02}X\x01\x00\x00\x00x" + extra + b"ctorch._utils\n_rebuild_tensor_v2\n(("
+    return (b"\x80\x02}X\x01\x00\x00\x00xctorch._utils\n_rebuild_tensor_v2\n(("
             b"X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK" + bytes([numel])
-            + b"tQK" + bytes([offset]) + ints(size) + ints(stride) + b"\x89ccollections\nOrderedDict\n)RtRs.")
+            + (view or b"") + b"tQK" + bytes([offset]) + ints(size) + ints(stride)
+            + b"\x89ccollections\nOrderedDict\n)RtRs.")
 
 
 def _archive(path: Path, pkl: bytes, storage: bytes | None) -> Path:
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("x/data.pkl", pkl)
         z.writestr("x/byteorder", "little")
+        z.writestr("x/version", "3\n")
         if storage is not None:
             z.writestr("x/data/0", storage)
+    return path
+
+
+VIEW_1_OF_0 = b"(X\x01\x00\x00\x001K\x02K\x03t"  # legacy view entry: storage '1' is elements 2, 3, 4 of '0'
+
+
+def _legacy(path: Path, pkl: bytes, storage: bytes) -> Path:
+    """torch < 1.6's stream: magic number, protocol, sys_info, the object, storage keys, then each
+    storage as an int64 element count and its bytes."""
+    head = [pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2),
+            pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)]
+    path.write_bytes(b"".join(head) + pkl + pickle.dumps(["0"], protocol=2)
+                     + struct.pack("<q", len(storage) // 4) + storage)
     return path
 
 
@@ -121,6 +140,23 @@ def test_crafted_archives(tmp_path):
             read_pth(_archive(tmp_path / name, pkl, storage))
     with pytest.raises(UnsafePickleError, match=r"'torch.Tensor'"):  # allowed by torch, not needed for weights
         read_pth(_archive(tmp_path / "cls.pth", b"\x80\x02ctorch\nTensor\n.", None))
+
+
+def test_crafted_legacy_streams(tmp_path):
+    """torch < 1.6's format, including a tensor on a storage view (torch < 1.0 wrote those)."""
+    six = np.arange(6, dtype="<f4").tobytes()
+    got = read_pth(_legacy(tmp_path / "root.pth", _tensor_pickle((2, 3), (1, 2), 0, 6, view=b"N"), six))
+    np.testing.assert_array_equal(got["x"], [[0, 2, 4], [1, 3, 5]])
+    view = VIEW_1_OF_0
+    got = read_pth(_legacy(tmp_path / "view.pth", _tensor_pickle((2,), (1,), 1, 6, view=view), six))
+    np.testing.assert_array_equal(got["x"], [3, 4])
+    with pytest.raises(PthError, match=r"far.pth: .*reaches element 3 of storage '1', which has 3"):
+        read_pth(_legacy(tmp_path / "far.pth", _tensor_pickle((2,), (1,), 2, 6, view=view), six))
+    with pytest.raises(PthError, match=r"long.pth: .*storage view '1': 3 elements from 4 of 6"):
+        long_view = view.replace(b"K\x02K", b"K\x04K")  # elements 4, 5, 6 of 6
+        read_pth(_legacy(tmp_path / "long.pth", _tensor_pickle((2,), (1,), 0, 6, view=long_view), six))
+    with pytest.raises(PthError, match=r"short.pth: .*storage '0': 5 elements on disk, 6 expected"):
+        read_pth(_legacy(tmp_path / "short.pth", _tensor_pickle((2,), (1,), 0, 6, view=b"N"), six[:20]))
 
 
 def test_damaged_files_are_named(tmp_path):
@@ -188,3 +224,9 @@ def test_torch_refuses_the_unsafe_fixtures_and_reads_the_others_alike(tmp_path, 
             np.testing.assert_array_equal(got[key][k], t.numpy(), err_msg=k)
     np.testing.assert_array_equal(read_pth(PTH / "big_endian.pth")["x"],
                                   torch.load(PTH / "big_endian.pth", weights_only=True)["x"].numpy())
+    # The hand-written files of the tests above read the same in torch.
+    six = np.arange(6, dtype="<f4").tobytes()
+    for path in (_archive(tmp_path / "zip.pth", _tensor_pickle((2, 2), (1, 2), 1, 6), six),
+                 _legacy(tmp_path / "root.pth", _tensor_pickle((2, 3), (1, 2), 0, 6, view=b"N"), six),
+                 _legacy(tmp_path / "view.pth", _tensor_pickle((2,), (1,), 1, 6, view=VIEW_1_OF_0), six)):
+        np.testing.assert_array_equal(read_pth(path)["x"], torch.load(path, weights_only=True)["x"].numpy())
