@@ -10,7 +10,7 @@ from golden_weights import PTH_EDVR_CONFIG, VARIANTS, pth_state_dict, synthetic_
 
 from edvr_jax import EDVR
 from edvr_jax.weights import load_weights
-from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, main,
+from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, main, read_state_dict,
                               to_basicsr, torch_key, unwrap_checkpoint)
 
 
@@ -134,29 +134,32 @@ PTH = Path(__file__).parent / "data" / "pth"
 
 def test_a_basicsr_pth_converts_and_loads_on_every_path_without_torch(tmp_path, capsys):
     """tests/data/pth/basicsr_edvr.pth, written by torch as BasicSR's save_network writes (params and
-    params_ema), read by edvr_jax.pth: the convert CLI (params, or --key params_ema), edvr_jax.load
-    (eval.py, the restore CLI) and train.py's init_from all give its weights, into the model's tree."""
+    params_ema), read by edvr_jax.pth: the convert CLI, read_state_dict (params_ema with its key),
+    edvr_jax.load (eval.py, the restore CLI) and train.py's init_from all give its weights, in the
+    model's tree."""
     from edvr_jax import load
     from edvr_jax.weights import abstract_params, load_params_non_strict
 
     src = PTH / "basicsr_edvr.pth"
     model = EDVR(**PTH_EDVR_CONFIG)
-    want = {seed: from_basicsr(pth_state_dict(basicsr_shapes(model), seed), model)["params"] for seed in (0, 1)}
-    shapes = jax.tree.map(np.shape, abstract_params(model))
-    for args, seed in (([], 0), (["--key", "params_ema"], 1)):
-        out = tmp_path / f"out{seed}"
-        assert main([str(src), str(out), *args]) == 0
-        assert "94,627 parameters" in capsys.readouterr().out
-        got_model, params = load_weights(out)
-        assert got_model == model and jax.tree.map(np.shape, params) == shapes
-        jax.tree.map(np.testing.assert_array_equal, params, want[seed])
+    want = from_basicsr(pth_state_dict(basicsr_shapes(model), 0), model)["params"]
+    assert main([str(src), str(tmp_path / "out")]) == 0
+    assert "94,627 parameters" in capsys.readouterr().out
+    got_model, params = load_weights(tmp_path / "out")
+    assert got_model == model
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, abstract_params(model))
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    ema = read_state_dict(src, key="params_ema")  # what --key params_ema converts
+    assert ema.keys() == basicsr_shapes(model).keys()
+    for k, v in pth_state_dict(basicsr_shapes(model), 1).items():
+        np.testing.assert_array_equal(ema[k], v, err_msg=k)
     restorer = load(src)
     assert restorer.model == model
-    jax.tree.map(np.testing.assert_array_equal, restorer.params, want[0])
+    jax.tree.map(np.testing.assert_array_equal, restorer.params, want)
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(EDVR(**PTH_EDVR_CONFIG, num_frame=3)))
     params, report = load_params_non_strict(src, target)  # init_from: a 3-frame model takes all but the fusion
     assert report["shape_mismatch"] == ["fusion/kernel"] and report["loaded"] == 67
-    np.testing.assert_array_equal(params["conv_first"]["kernel"], want[0]["conv_first"]["kernel"])
+    np.testing.assert_array_equal(params["conv_first"]["kernel"], want["conv_first"]["kernel"])
     assert not np.any(params["fusion"]["kernel"])
 
 

@@ -247,7 +247,8 @@ def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_pat
     """python -m edvr_jax.export in each format from what users export (a model built with its
     default offset_warning, as loaded): params and safetensors give back the same weights; the
     jax.export artifact, run by tools/run_exported.py (jax and numpy only), gives the model's
-    output on a shape other than the one of init."""
+    output on a shape other than the one of init, and so does the train run's SavedModel (the
+    others' are not exported: jax2tf serializes through the same jax.export)."""
     from edvr_jax import export as export_cli
     from edvr_jax.weights import load_model
 
@@ -255,6 +256,8 @@ def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_pat
     outs = {"params": tmp_path / "p", "safetensors": tmp_path / "m.safetensors", "jax": tmp_path / "m.jaxexport",
             "savedmodel": tmp_path / "sm"}
     for fmt, out in outs.items():
+        if fmt == "savedmodel" and source != "train_run":  # ~10 (converted) and ~30 (two-stage) CPU seconds more
+            continue
         assert export_cli.main([str(sources[source]), str(out), "--format", fmt]) == 0, capsys.readouterr().err
     for fmt in ("params", "safetensors"):
         again_model, again = load_model(outs[fmt])
@@ -270,11 +273,12 @@ def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     ref = np.asarray(jax.jit(lambda p, v: model.apply({"params": p}, v))(params, x))
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, atol=2e-6)
-    import tensorflow as tf
+    if source == "train_run":
+        import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(outs["savedmodel"]))
-    out = loaded.signatures["serving_default"](frames=tf.constant(x))["output"].numpy()
-    np.testing.assert_allclose(out, ref, atol=1e-5)
+        loaded = tf.saved_model.load(str(outs["savedmodel"]))
+        out = loaded.signatures["serving_default"](frames=tf.constant(x))["output"].numpy()
+        np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
 def test_export_refuses_a_safetensors_name_without_the_suffix(exported, tmp_path, capsys):
