@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def detailed_window(gt: np.ndarray, size: int, step: int = 16) -> tuple[int, int]:
@@ -60,8 +58,8 @@ def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, c
     import matplotlib.pyplot as plt
 
     import edvr_jax
-    from edvr_jax.evaluation import baseline
-    from edvr_jax.io import to_uint8
+    from edvr_jax.scoring import baseline
+    from edvr_jax.media import to_uint8
     from edvr_jax.metrics import psnr
     from edvr_jax.temporal import window_table
 

@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.training.step import to_float
 
 
 @dataclasses.dataclass
@@ -26,7 +27,8 @@ class Validator:
 
     def __post_init__(self):
         model, replicated = self.model, NamedSharding(self.mesh, P())
-        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, x), out_shardings=replicated)
+        # Windows go to the device as uint8 and become float there, as training batches do.
+        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, to_float(x)), out_shardings=replicated)
 
     def _apply_on_mesh(self, params, x):
         if jax.process_count() > 1:
