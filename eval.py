@@ -138,6 +138,11 @@ def evaluate() -> None:
         footage = data.footage_options(dc.name, dc.get("footage"))
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
+    degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
+    if degradation not in data.DEGRADATIONS:
+        raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
+    if dataset not in SPLITS and data.has_lq_folder(dataset, degradation):
+        footage = None  # a run's noise and codec make LQ from GT; this folder brings its own
     codec_given = [f"--{k}" for k, f in _CODEC_FLAGS.items() if f.value is not None]
     if codec_given and SPLITS.get(dataset, ("footage",))[0] not in ("footage", "demo_video"):
         raise UserError(f"{', '.join(codec_given)}: the codec compresses LQ made from GT (a folder, footage, "
@@ -149,8 +154,8 @@ def evaluate() -> None:
     if dataset in SPLITS:
         name, split = SPLITS[dataset]
         if codec_given:
-            footage = {**{k: v for k, v in (footage or data.footage_options(name, {})).items() if k not in _CODEC_FLAGS},
-                       **codec_options(footage)}
+            made = footage or data.footage_options(name, {})
+            footage = {**{k: v for k, v in made.items() if k not in _CODEC_FLAGS}, **codec_options(footage)}
         config = data_config or (None if name != "reds" and name != "demo" else
                                  ("deblur" if scale == 1 else "sr_x4"))
         builder = data.load_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, footage=footage)
@@ -159,9 +164,6 @@ def evaluate() -> None:
             raise UserError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
         clips = list(data.eval_clips(reader, _CLIPS.value))
     else:
-        degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
-        if degradation not in data.DEGRADATIONS:
-            raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
         noise = _NOISE.value if _NOISE.value is not None else (footage or {}).get("noise", 0.0)
         clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale, noise=noise, codec=codec))
     ckpt = Path(_CHECKPOINT.value)

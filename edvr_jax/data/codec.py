@@ -61,7 +61,7 @@ class CodecSpec:
 
 CODECS = {
     "h264": CodecSpec("libx264", "h264", (0, 51), 23, X26X_PRESETS, "preset"),
-    # x265 3.x/4.x corrupts its heap on frames narrower than its 64-pixel CTU.
+    # PyAV 18's libx265 corrupts its heap on frames narrower than its 64-pixel CTU (43x35: an abort).
     "h265": CodecSpec("libx265", "hevc", (0, 51), 28, X26X_PRESETS, "preset",
                       (("x265-params", "pools=1:frame-threads=1:log-level=error"),), min_size=64),
     # b=0: constant quality (libvpx otherwise caps the bitrate at its default target).

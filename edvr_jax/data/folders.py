@@ -127,6 +127,12 @@ def _roots(root: Path, degradation: str) -> tuple[Path, Path | None]:
     return root / "GT", lq
 
 
+def has_lq_folder(root: str | os.PathLike, degradation: str = "bi") -> bool:
+    """Whether a footage folder brings LQ of its own (an LQ folder beside ``GT/``)."""
+    root = Path(root)
+    return root.is_dir() and _roots(root, degradation)[1] is not None
+
+
 def find_clips(root: str | os.PathLike, degradation: str = "bi", scale: int = 4, gt_resize: float = 1.0,
                clips: Sequence[str] | None = None, gt_crop: Sequence[int] = ()) -> list[FootageClip]:
     """The clips of a footage folder (see the module docstring for the layout), in name order,
