@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from edvr_jax.data import ClipReader, DatasetError, eval_clips, folder_clips, load_builder
@@ -298,3 +299,37 @@ def test_eval_py_refuses_bad_codec_flags_before_loading_anything(tmp_path):
         proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={weights}", *args], capture_output=True,
                               text=True, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+
+
+def test_compressed_clip_tool_writes_the_held_out_part_as_a_video(folder, tmp_path, monkeypatch):
+    """tools/compressed_clip.py: a codec run's held-out frames as LQ/NAME.mp4 (libx264 at the run's
+    CRF over the made LQ of those frames alone) and GT/NAME/*.png, the layout eval.py scores."""
+    import importlib.util
+
+    from configs.edvr import get_config
+    from edvr_jax.models.edvr import EDVR
+    from edvr_jax.weights import write_header
+
+    spec = importlib.util.spec_from_file_location("compressed_clip", ROOT / "tools" / "compressed_clip.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = get_config("demo,data=footage").unlock()
+    cfg.data.manual_dir = str(folder)
+    cfg.data.footage.update(clips=("b",), codec="h264", crf=30, noise=4.0, test_part=(0.4, 0.7), min_frames=2)
+    (tmp_path / "run").mkdir()
+    write_header(tmp_path / "run", EDVR(), train_config=cfg)
+    monkeypatch.setattr(sys, "argv", ["compressed_clip.py", str(tmp_path / "run"), str(tmp_path / "out"), "--name",
+                                      "phone"])
+    tool.main()
+    gt = _frames(8, 32, 48, 1)[3:6]  # frames round(0.4 * 8) = 3 to round(0.7 * 8) - 1 = 5
+    noisy = np.stack([add_noise(downsample_uint8(g), 4, ("b", i)) for i, g in zip(range(3, 6), gt)])
+    with av.open(str(tmp_path / "out" / "LQ" / "phone.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        lq = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    np.testing.assert_array_equal(lq, _x264_reference(noisy, 30))
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(tmp_path / "out" / "GT" / "phone" / f"{k:05d}.png"))
+                                            for k in range(3)]), gt)
+    cfg.data.footage.clips = ("a",)  # 9x13 LQ: an MP4 of it would be padded
+    write_header(tmp_path / "run", EDVR(), train_config=cfg)
+    with pytest.raises(SystemExit, match="LQ frames of 13x9: a 4:2:0 video needs even sides"):
+        tool.main()
