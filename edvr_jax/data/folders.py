@@ -92,10 +92,15 @@ class FootageClip:
         (0-255 scale; the same for the same clip name and frame)."""
         return add_noise(degrade(self.gt_frame(i), degradation, self.scale), noise, (self.name, i))
 
+    def own_reader(self) -> "FootageClip":
+        """The same clip with a GT reader of its own (a video decodes in order; two readers
+        taking turns on one would re-open it at every frame)."""
+        return dataclasses.replace(self, gt=dataclasses.replace(self.gt, _video=None))
+
     def compressed_lq(self, degradation: str, noise: float, codec: Codec) -> Stream:
         """The clip's made LQ frames (``made_lq_frame``) encoded by ``codec`` as one stream;
         GT is read once, in order, by a reader of its own."""
-        own = dataclasses.replace(self, gt=dataclasses.replace(self.gt, _video=None))
+        own = self.own_reader()
         return codec.encode((own.made_lq_frame(i, degradation, noise) for i in range(self.count)), self.name)
 
 

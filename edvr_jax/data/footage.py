@@ -151,8 +151,9 @@ def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: 
             lq = [LazyFrame(partial(compressed.frame, clip, i),
                             f"{degradation} of {clip.gt.describe(i)}{f' + noise {noise:g}' if noise else ''}, "
                             f"{compressed.codec.describe()}") for i in range(lo, hi)]
-        elif noise:  # keyed by source clip and frame, as folder_clips makes it (decodes GT once more)
-            lq = [LazyFrame(partial(clip.made_lq_frame, i, degradation, noise),
+        elif noise:  # keyed by source clip and frame, as folder_clips makes it, from GT read once more
+            own = clip.own_reader()  # in order: sharing the GT's reader would re-open a video at every frame
+            lq = [LazyFrame(partial(own.made_lq_frame, i, degradation, noise),
                             f"{degradation} of {clip.gt.describe(i)} + noise {noise:g}") for i in range(lo, hi)]
         else:
             lq = [None] * (hi - lo)  # the builder degrades the GT it has just decoded
