@@ -5,21 +5,17 @@ against the LQ given to the encoder (min and max over frames: keyframe pulsing),
 the decoded LQ against GT (the bicubic baseline of that input), the stream's bitrate at 25 fps
 and the encode time.
 
-    python benchmarks/codec_lq.py                              # h264: CRF 23-38, presets, GOPs
-    python benchmarks/codec_lq.py --noise 0                    # the same on clean LQ
-    python benchmarks/codec_lq.py --sets "h264,28" "h265,28" "vp9,40" "av1,40"
+    python -m benchmarks.codec_lq                              # h264: CRF 23-38, presets, GOPs
+    python -m benchmarks.codec_lq --noise 0                    # the same on clean LQ
+    python -m benchmarks.codec_lq --sets "h264,28" "h265,28" "vp9,40" "av1,40"
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_SETS = ("h264,23", "h264,28", "h264,33", "h264,38", "h264,28,ultrafast", "h264,28,veryfast",
                 "h264,28,slow", "h264,28,,25", "h264,28,,50")

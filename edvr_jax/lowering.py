@@ -1,6 +1,6 @@
 """Exporting edvr-jax computations for other platforms (``jax.export``), from any machine.
 
-The DCN picks its implementation when lowering (``modulated_deform_conv(impl="auto")``):
+The DCN picks its implementation when lowering (``DCNOptions(impl="auto")``):
 an export for ``("cuda",)`` of a bf16 inference holds the Pallas Triton forward kernel,
 any other export (training steps, float32, ``("tpu",)``, ``("cpu",)``) the vectorized gather. Triton kernels are serialized as a custom call
 that ``jax.export`` does not guarantee stable across jax versions (Triton IR has no

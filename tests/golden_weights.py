@@ -2,7 +2,8 @@
 
 Imported by the tests and by ``tools/make_basicsr_goldens.py``, which runs under
 PyTorch with BasicSR's own source: both sides build the very same state dict
-from ``synthetic_state_dict`` so only inputs and outputs need to be stored.
+from ``synthetic_state_dict`` so only inputs and outputs need to be stored
+(``tools/make_pth_fixtures.py`` likewise, for the ``.pth`` fixtures).
 """
 
 from __future__ import annotations
@@ -69,3 +70,14 @@ def synthetic_input(name: str, seed: int = 1) -> np.ndarray:
         base = np.stack([np.sin(6 * xx + 0.3 * i + c) * np.cos(4 * yy - 0.2 * i) for c in range(3)])
         frames.append(0.5 + 0.35 * base + 0.1 * rng.standard_normal((3, h, w)))
     return np.clip(np.stack(frames)[None], 0, 1).astype(np.float32)
+
+
+#: The EDVR in tests/data/pth/basicsr_edvr.pth (tools/make_pth_fixtures.py): the tiny training
+#: run's architecture (tests/conftest.py TINY), BasicSR-keyed.
+PTH_EDVR_CONFIG = dict(num_feat=8, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1, with_tsa=False)
+
+
+def pth_state_dict(shapes: Mapping[str, Sequence[int]], seed: int) -> dict[str, np.ndarray]:
+    """``synthetic_state_dict`` rounded to multiples of 1/256 (exact in float32), so that the
+    committed ``.pth`` compresses in git to a third."""
+    return {k: np.round(v * 256) / 256 for k, v in synthetic_state_dict(shapes, seed).items()}

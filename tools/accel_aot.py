@@ -5,32 +5,33 @@ description instead of a device. No accelerator, no driver, no autotuning (cuDNN
 defaults), but the fusion structure, which arrays go through HBM, their physical layouts (TPU tiles) and the
 memory the program needs are the compiler's own.
 
-GPU (the CUDA plugin compiles for a ``GpuTargetConfigProto``, embedded below from XLA's specs)::
+GPU (the CUDA plugin compiles for a ``GpuTargetConfigProto``, embedded below from XLA's specs), from the
+repository root, in a venv of its own (the same jax version, its CUDA plugin and ptxas)::
 
-    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
+    python -m venv .venv-cuda && .venv-cuda/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
         flax optax einops safetensors pillow
-    /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
-    /work/cudavenv/bin/python tools/accel_aot.py train --batch 32 --dtype bfloat16     # train.py's step
-    /work/cudavenv/bin/python tools/accel_aot.py infer --batch 8                      # clips of 5x180x320
-    /work/cudavenv/bin/python tools/accel_aot.py dcn --shape 160,64,64,64             # one DCN, forward + backward
+    .venv-cuda/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
+    .venv-cuda/bin/python -m tools.accel_aot train --batch 32 --dtype bfloat16    # train.py's step
+    .venv-cuda/bin/python -m tools.accel_aot infer --batch 8                      # clips of 5x180x320
+    .venv-cuda/bin/python -m tools.accel_aot dcn --shape 160,64,64,64             # one DCN, forward + backward
 
 For a GPU it prints every kernel's operand and result bytes and a **bytes-only time estimate** at the card's
 HBM bandwidth (every operand counted once in full), and each XLA kernel's registers (ptxas on the emitted
-PTX). Not a measurement. Calibration against the H100 figures of benchmarks/README.md (same code): the gather
-DCN's forward+backward took 2.2-2.4x its bytes estimate at all three benchmark shapes, f32 and bf16; the
-Pallas kernels 11-18x (they are not bandwidth-bound).
+PTX). Not a measurement. Calibration against H100 measurements (docs/dcn.md): the gather DCN's
+forward+backward took 2.2-2.4x its bytes estimate at all three benchmark shapes, f32 and bf16; the Pallas
+kernels 11-18x (they are not bandwidth-bound).
 
 TPU (libtpu compiles for a named topology; 1.5 GB venv)::
 
-    python -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \\
+    python -m venv .venv-tpu && .venv-tpu/bin/pip install jax==0.10.2 jaxlib==0.10.2 "libtpu==0.0.42.*" \\
         flax optax einops safetensors pillow
-    /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --batch 8
-    /work/tpuvenv/bin/python tools/accel_aot.py train --target v5e --chips 4 --batch 32  # 8 clips per chip
+    .venv-tpu/bin/python -m tools.accel_aot train --target v5e --batch 8
+    .venv-tpu/bin/python -m tools.accel_aot train --target v5e --chips 4 --batch 32  # 8 clips per chip
 
 For a TPU it prints the HBM the program needs per chip (``memory_analysis``) or the compiler's
 out-of-memory message, the cross-chip collectives, and the largest arrays with their padding to the
 (8, 128) tiles. Use it to compare formulations before spending accelerator time; measure what it suggests
-with ``benchmarks/run.py gpu``.
+with ``python -m benchmarks.run gpu``. The programs are the benchmarks' (``benchmarks.harness``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import glob
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -53,7 +53,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness  # noqa: E402
+from edvr_jax.ops.dcn import IMPLS, DCNOptions, modulated_deform_conv  # noqa: E402
+from edvr_jax.sharding import batch_sharding, make_mesh  # noqa: E402
 
 # GpuTargetConfigProto, the fields this jaxlib reads, from XLA's xla/backends/gpu/target_config/specs/*.txtpb.
 _DEVICE = """gpu_device_info {{
@@ -87,10 +89,10 @@ def target_devices(target: str) -> list:
     return list(topo.devices)
 
 
-def compile_for(fn, args, dump_dir: str | None, donate=()):
-    """``jax.jit(fn).lower(*args).compile()`` for the target of ``args``' shardings (XLA's dump in ``dump_dir``)."""
+def compile_for(jitted, args, dump_dir: str | None):
+    """``jitted.lower(*args).compile()`` for the target of ``args``' shardings (XLA's dump in ``dump_dir``)."""
     options = {"xla_dump_to": dump_dir} if dump_dir else {}
-    return jax.jit(fn, donate_argnums=donate).lower(*args).compile(compiler_options=options)
+    return jitted.lower(*args).compile(compiler_options=options)
 
 
 def _nbytes(shape_text: str) -> int:
@@ -234,68 +236,49 @@ def report_tpu(compiled, top: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.accel_aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("what", choices=["train", "infer", "dcn"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--batch", type=int, help="train: batch (32); infer: clips (8)")
     parser.add_argument("--shape", default="160,64,64,64", help="dcn: B,H,W,C (8 groups, float32 offsets)")
-    parser.add_argument("--impl", default="auto", help="DCN implementation (EDVR_JAX_DCN_IMPL)")
+    parser.add_argument("--impl", default="auto", choices=IMPLS, help="the DCN's DCNOptions.impl")
     parser.add_argument("--target", choices=sorted(TARGETS) + sorted(TPU_TOPOLOGIES), default="h100")
     parser.add_argument("--chips", type=int, default=1, help="TPU: data-parallel over this many chips (<= 4), "
                         "the batch split as train.py splits it, the rest replicated")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--dump", help="keep XLA's dump (HLO, PTX) here; default: a temporary folder")
     args = parser.parse_args()
-    if args.impl != "auto":
-        os.environ["EDVR_JAX_DCN_IMPL"] = args.impl
-    from edvr_jax import training
-    from edvr_jax.models import edvr_from_preset
-    from edvr_jax.ops import modulated_deform_conv
-    from edvr_jax.optim import make_optimizer
-
-    from edvr_jax.sharding import batch_sharding, make_mesh
-
     mesh = make_mesh(data=args.chips, devices=target_devices(args.target)[:args.chips])
     rep, split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), batch_sharding(mesh)
+    on = lambda tree, s: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree)  # noqa: E731
     dtype = jnp.dtype(args.dtype)
-    spec = lambda shape, dt=jnp.float32, s=rep: jax.ShapeDtypeStruct(shape, dt, sharding=s)  # noqa: E731
-    batched = functools.partial(spec, s=split)
-    on_target = lambda tree: jax.tree.map(lambda a: spec(a.shape, a.dtype), tree)  # noqa: E731
-    donate = ()
+    dcn = DCNOptions(impl=args.impl)
     if args.what == "dcn":
         b, h, w, c = (int(v) for v in args.shape.split(","))
+        x, offset, mask, kernel, bias = jax.eval_shape(lambda: harness.dcn_inputs((b, h, w, c), dtype))
 
+        @jax.jit
         def fn(x, offset, mask, kernel, bias, g):
-            y, vjp = jax.vjp(modulated_deform_conv, x, offset, mask, kernel, bias)
+            y, vjp = jax.vjp(functools.partial(modulated_deform_conv, options=dcn), x, offset, mask, kernel, bias)
             return y, vjp((y.astype(jnp.float32) * g).astype(y.dtype))  # the gradient depends on the output
-        fargs = (batched((b, h, w, c), dtype), batched((b, h, w, 144)), batched((b, h, w, 72)),
-                 spec((3, 3, c, c), dtype), spec((c,), dtype), batched((b, h, w, c)))
+        fargs = (*on((x, offset, mask), split), *on((kernel, bias), rep),
+                 jax.ShapeDtypeStruct((b, h, w, c), jnp.float32, sharding=split))
+    elif args.what == "train":
+        fn, state, batch = harness.edvr_m_train_step(args.batch or 32, dtype, dcn, abstract=True)
+        fargs = (on(state, rep), on(batch, split))
     else:
-        model = edvr_from_preset("edvr_m", dtype=dtype)
-        if args.what == "train":
-            schedule = lambda n: 4e-4  # noqa: E731
-            tx = make_optimizer(schedule)
-            state = jax.eval_shape(functools.partial(training.create_train_state, model=model, tx=tx,
-                                                     input_shape=(1, 5, 64, 64, 3)), jax.random.key(0))
-            batch = args.batch or 32
-            fn = functools.partial(training.train_step, model=model, tx=tx, schedule=schedule)
-            fargs = (on_target(state), {"lq": batched((batch, 5, 64, 64, 3)), "gt": batched((batch, 256, 256, 3))})
-            donate = (0,)
-        else:
-            params = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 5, 64, 64, 3)))["params"],
-                                    jax.random.key(0))
-            fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-            fargs = (on_target(params), batched((args.batch or 8, 5, 180, 320, 3)))
+        fn, params, clips = harness.edvr_inference(args.batch or 8, dtype, dcn, abstract=True)
+        fargs = (on(params, rep), on(clips, split))
     if args.target in TPU_TOPOLOGIES:
         try:
-            compiled = compile_for(fn, fargs, args.dump, donate)
+            compiled = compile_for(fn, fargs, args.dump)
         except jax.errors.JaxRuntimeError as e:  # out of HBM: the compiler says how much it needed
             print(f"does not compile for {args.target}: {str(e).splitlines()[0][:300]}")
             return
         report_tpu(compiled, args.top)
         return
     dump = args.dump or tempfile.mkdtemp(prefix="accel_aot_")
-    compile_for(fn, fargs, dump, donate)
+    compile_for(fn, fargs, dump)
     report(dump, args.target, args.top)
     print(f"XLA dump: {dump}")
 

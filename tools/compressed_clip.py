@@ -2,7 +2,7 @@
 made from GT as the run's data makes it (downscale, noise, then the run's codec, as a file of
 its own), and the GT frames beside it, in the folder layout eval.py scores.
 
-    python tools/compressed_clip.py runs/demo_h264 held_out --name phone
+    python -m tools.compressed_clip runs/demo_h264 held_out --name phone
     python -m edvr_jax.restore held_out/LQ/phone.mp4 out.mp4 --checkpoint runs/demo_h264
     python eval.py --checkpoint runs/demo_h264 --dataset held_out          # restores and scores LQ/phone.mp4
 
@@ -14,13 +14,9 @@ to the part's name (e.g. ``bigbuckbunny.0040-0078``).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def held_out_part(run: Path):

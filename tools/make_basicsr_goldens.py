@@ -5,15 +5,17 @@ BasicSR's source). BasicSR's DCNv2Pack calls ``torchvision.ops.deform_conv2d``;
 on CPU that needs the registry's default (CUDA) build of torch/torchvision,
 since the CPU wheel's torchvision ops do not load::
 
-    python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 torchvision==0.28.0 numpy
-    pip download --no-deps basicsr==1.4.2 -d /tmp/bsr && tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
-    /tmp/ref/bin/python tools/make_basicsr_goldens.py /tmp/bsr/basicsr-1.4.2
+    python -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 torchvision==0.28.0 numpy
+    python -m tools.basicsr_source                  # BasicSR 1.4.2's source -> benchmarks/.basicsr
+    .venv-torch/bin/python -m tools.make_basicsr_goldens benchmarks/.basicsr     # from the repository root
 
-BasicSR's EDVR is loaded from the source tree by ``tools/basicsr_source.py``.
+BasicSR's EDVR is loaded from the source tree by ``tools/basicsr_source.py``; the synthetic weights
+and inputs come from ``tests/golden_weights.py``, which the tests use too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,24 +23,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from golden_weights import VARIANTS, synthetic_input, synthetic_state_dict  # noqa: E402
+from tools.basicsr_source import load_basicsr_edvr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from basicsr_source import load_basicsr_edvr  # noqa: E402
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+OUT = TESTS / "data" / "basicsr_goldens.npz"
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "basicsr_goldens.npz"
+
+def _golden_weights():
+    """tests/golden_weights.py (tests/ is not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location("golden_weights", TESTS / "golden_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(src: str) -> None:
     import torchvision
+    golden = _golden_weights()
     edvr_arch = load_basicsr_edvr(Path(src))
     arrays, meta = {}, {"torch": torch.__version__, "torchvision": torchvision.__version__, "basicsr": Path(src).name}
     offset_means: dict[str, list[float]] = {}
-    for name, spec in VARIANTS.items():
+    for name, spec in golden.VARIANTS.items():
         model = edvr_arch.EDVR(**spec["config"]).eval()
         shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        sd = synthetic_state_dict(shapes)
+        sd = golden.synthetic_state_dict(shapes)
         meta.setdefault("state_dict_shapes", {})[name] = {k: list(v) for k, v in shapes.items()}
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
         means = offset_means.setdefault(name, [])
@@ -48,7 +56,7 @@ def main(src: str) -> None:
                     o1, o2, _ = torch.chunk(m.conv_offset(inputs[1]), 3, dim=1)
                     means.append(float(torch.cat([o1, o2], 1).abs().mean()))
                 mod.register_forward_hook(hook)
-        x = synthetic_input(name)
+        x = golden.synthetic_input(name)
         with torch.no_grad():
             y = model(torch.from_numpy(x)).numpy()
         arrays[f"{name}/x"] = x

@@ -1,6 +1,8 @@
 """Writes tests/data/basicsr_imresize.npz with BasicSR 1.4.2's ``imresize`` (torch) outputs.
 
-    /tmp/ref/bin/python tools/make_imresize_golden.py /tmp/bsr/basicsr-1.4.2
+    pip download --no-deps --no-build-isolation basicsr==1.4.2 -d /tmp/bsr
+    tar xzf /tmp/bsr/basicsr-1.4.2.tar.gz -C /tmp/bsr
+    .venv-torch/bin/python -m tools.make_imresize_golden /tmp/bsr/basicsr-1.4.2   # make_basicsr_goldens' venv
 """
 
 import importlib.util

@@ -24,8 +24,8 @@ def main() -> None:
 
     from edvr_jax import weights
     from edvr_jax.data.bicubic import downsample_uint8
-    from edvr_jax.io import read_clip, to_uint8
-    from edvr_jax.restorer import StageRunner
+    from edvr_jax.media import read_clip, to_uint8
+    from edvr_jax.inference import StageRunner
 
     model, params = weights.load_model(args.checkpoint)
     n = args.frames

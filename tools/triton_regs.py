@@ -1,14 +1,14 @@
 """Compile the Pallas DCN kernels to PTX and SASS on a machine without a GPU: registers, spills, shared memory.
 
-Needs a separate venv with the CUDA plugin of the same jax version (its Triton
-compiler) and ptxas; no GPU or driver::
+Needs a venv of its own with the CUDA plugin of the same jax version (its Triton compiler) and ptxas;
+no GPU or driver. From the repository root::
 
-    python -m venv /work/cudavenv && /work/cudavenv/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
+    python -m venv .venv-cuda && .venv-cuda/bin/pip install jax==0.10.2 jaxlib==0.10.2 \\
         flax optax einops safetensors pillow
-    /work/cudavenv/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
-    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py            # the default configs
-    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py fwd [64]  # sweep forward tile sizes / warps
-    PYTHONPATH=. /work/cudavenv/bin/python tools/triton_regs.py bwd [64]  # sweep backward tiles
+    .venv-cuda/bin/pip install --no-deps jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2 nvidia-cuda-nvcc-cu12
+    .venv-cuda/bin/python -m tools.triton_regs            # the default configs
+    .venv-cuda/bin/python -m tools.triton_regs fwd [64]   # sweep forward tile sizes / warps
+    .venv-cuda/bin/python -m tools.triton_regs bwd [64]   # sweep backward tiles
 
 The Triton IR is taken from the Pallas lowering for CUDA (sm_90, Triton's
 fallback arch without a device), compiled with the plugin's Triton
@@ -19,9 +19,9 @@ that few warps fit on an SM, shows here before any GPU time is spent.
 With a ``cuobjdump`` (``CUOBJDUMP=...``; the triton wheel carries one:
 ``pip download --no-deps triton`` and unzip ``triton/backends/nvidia/bin``), each
 kernel's SASS is summarised too: instructions, global loads and stores by width,
-atomics, memory barriers and L1 invalidations, matrix instructions. That is how
-the backward's acquire-release atomics were found (``MEMBAR.ALL.GPU`` and
-``CCTL.IVALL`` around every ``ATOMG``; relaxed: ``REDG`` alone).
+atomics, memory barriers and L1 invalidations, matrix instructions (acquire-release
+atomic adds show as ``MEMBAR.ALL.GPU`` and ``CCTL.IVALL`` around every ``ATOMG``;
+relaxed ones as ``REDG`` alone: docs/dcn.md).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax._src.lib import triton  # noqa: E402
 from jax._src.pallas.triton import pallas_call_registration as reg  # noqa: E402
 
-from edvr_jax.ops import deform_conv_pallas as dp  # noqa: E402
+from edvr_jax.ops.dcn import pallas as dp  # noqa: E402
+from edvr_jax.ops.dcn.sampling import Geometry  # noqa: E402
 
 captured: list[dict] = []
 _custom_call = reg.mlir.custom_call
@@ -73,22 +74,22 @@ def sass_summary(cubin: str) -> str:
 
 
 def lower(b, h, w, c, g, o, dtype, cfg, which=("fwd", "bwd")) -> None:
-    d = dp.Dims(b, h, w, c, h, w, o, g, 3, 3, (1, 1), (1, 1), (1, 1))
+    geo = Geometry(b, h, w, c, h, w, o, g, 3, 3, (1, 1), (1, 1), (1, 1))
     n = b * h * w
     s = jax.ShapeDtypeStruct
     args = (s((b, h, w, c), dtype), s((n, g * 18), jnp.float32), s((n, g * 9), jnp.float32), s((9, c, o), dtype))
     if "fwd" in which:
-        jax.jit(lambda *a: dp.forward(*a, d, cfg, False)).trace(*args, s((o,), jnp.float32)).lower(
+        jax.jit(lambda *a: dp.forward(*a, geo, cfg, False)).trace(*args, s((o,), jnp.float32)).lower(
             lowering_platforms=("cuda",))
     if "bwd" in which:
-        jax.jit(lambda *a: dp.backward(*a, d, cfg, False)).trace(*args, s((n, o), dtype)).lower(
+        jax.jit(lambda *a: dp.backward(*a, geo, cfg, False)).trace(*args, s((n, o), dtype)).lower(
             lowering_platforms=("cuda",))
 
 
 def main() -> None:
+    jax.devices()  # initialises the backends: the CUDA plugin registers its Triton compiler
     if not triton.has_compilation_handler("cuda"):
-        import jax_plugins.xla_cuda12 as plugin
-        plugin.initialize()
+        raise SystemExit("no Triton compiler for CUDA: run in a venv with jax-cuda12-plugin (see the docstring)")
     reg.mlir.custom_call = _spy
     mode = sys.argv[1] if len(sys.argv) > 1 else "default"
     if mode == "default":

@@ -7,8 +7,8 @@ tree names the same one ``params/pcd_align/dcn_pack_l1/conv_offset/kernel``:
 to Flax's ``[kh, kw, I, O]``. Nothing else differs, so the mapping is derived
 from the model's own parameter tree and every key is checked both ways.
 
-``python -m edvr_jax.convert`` (``__main__.py``) writes a BasicSR file as an edvr-jax weights
-directory.
+``python -m edvr_jax.convert`` (``__main__.py``) writes a BasicSR ``.pth`` (read by ``edvr_jax.pth``: no
+torch needed) or ``.safetensors`` file as an edvr-jax weights directory.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edvr_jax.errors import MissingDependencyError, UserError
+from edvr_jax import pth
+from edvr_jax.errors import UserError
 from edvr_jax.models.edvr import EDVR
 
 # Flax path (dot-joined) -> BasicSR key, applied in order to the module part of the path.
@@ -201,9 +202,9 @@ STATE_DICT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
-    """Reads a BasicSR ``.pth`` (torch, optional dependency; tensors only, never arbitrary
-    pickled objects) or ``.safetensors`` file. A missing, truncated or refused file raises
-    FileNotFoundError / ConversionError naming it."""
+    """Reads a BasicSR ``.pth`` (``edvr_jax.pth``: no torch; tensors and plain containers only,
+    nothing in the file runs) or ``.safetensors`` file. A missing, truncated or refused file
+    raises FileNotFoundError / ConversionError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -216,28 +217,11 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
             raise ConversionError(f"{path}: not a readable safetensors file ({e})") from e
     elif path.suffix in (".pth", ".pt", ".ckpt"):
         try:
-            import torch
-        except ImportError as e:
-            raise MissingDependencyError(f"reading {path} needs PyTorch (CPU build is enough): pip install "
-                                         f"torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu") from e
-        import pickle
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:  # weights_only refused an object: we never load arbitrary pickles
-            raise ConversionError(f"{path}: holds objects other than tensors and plain containers, which "
-                                  f"edvr-jax does not unpickle (a checkpoint of weights only is expected)") from e
-        except (OSError, RuntimeError, EOFError, ValueError) as e:
-            raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            obj = pth.read_pth(path)
+        except pth.PthError as e:
+            raise ConversionError(str(e)) from e
     else:
         raise ConversionError(f"{path}: unknown checkpoint type {path.suffix!r}; expected "
                               f"{', '.join(STATE_DICT_SUFFIXES)}")
     sd = unwrap_checkpoint(obj, key, source=str(path))
-    return {k: _numpy(v) for k, v in sd.items()}
-
-
-def _numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor; NumPy has no bfloat16, so those widen to float32
-        value = value.detach().cpu()
-        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
-    return np.asarray(value)
+    return {k: np.asarray(v) for k, v in sd.items()}

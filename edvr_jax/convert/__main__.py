@@ -2,8 +2,7 @@
 
     python -m edvr_jax.convert EDVR_L_x4_SR_REDS_official-9f5f5039.pth OUT_DIR [--key params_ema]
 
-reads a BasicSR ``.pth`` (needs the optional CPU torch: ``pip install torch==2.13.0``)
-or ``.safetensors`` file and writes an edvr-jax weights directory (``config.json`` +
+reads a BasicSR ``.pth`` (``edvr_jax.pth``: no torch needed) or ``.safetensors`` file and writes an edvr-jax weights directory (``config.json`` +
 Orbax ``params``, see ``edvr_jax.weights``), loadable with ``edvr_jax.load``.
 """
 

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from edvr_jax.data.bicubic import downsample_uint8
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
+from edvr_jax.data.layout import with_layouts
 from edvr_jax.media import to_uint8
 
 TRAIN_PHOTOS = ("astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
@@ -138,10 +139,10 @@ class EdvrDemo(VideoRestorationBuilder):
 
     VERSION = VideoRestorationBuilder.VERSION
     MANUAL_DOWNLOAD_INSTRUCTIONS = None
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS = with_layouts([
         DemoConfig(name="sr_x4", scale=4, description="clean MATLAB-bicubic x4 LQ"),
         DemoConfig(name="deblur", scale=1, blur=True, noise_sigma=2.0, description="motion blur + noise, full size"),
-    ]
+    ])
 
     def _clips(self, _) -> dict[str, list[Clip]]:
         config = self.builder_config

@@ -14,6 +14,7 @@ from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestoration
 from edvr_jax.data.codec import Codec, Stream
 from edvr_jax.data.folders import FootageClip, check_made_lq, find_clips, noise_std, split_clips
 from edvr_jax.data.frames import DatasetError
+from edvr_jax.data.layout import base_name, config_name, with_layouts
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,11 @@ CONFIG_ALIASES = {"sr_x4": "bi_x4"}  # the other datasets' name for bicubic x4
 
 
 def base_configs(**options) -> list[FootageConfig]:
-    return [FootageConfig(name="bi_x4", scale=4, degradation="bi", description="MATLAB bicubic x4 LQ made from GT",
-                          **options),
-            FootageConfig(name="bd_x4", scale=4, degradation="bd",
-                          description="Gaussian blur (13x13, sigma 1.6) + x4 decimation LQ made from GT (DUF's BD)",
-                          **options)]
+    return with_layouts([FootageConfig(name="bi_x4", scale=4, degradation="bi",
+                                       description="MATLAB bicubic x4 LQ made from GT", **options),
+                         FootageConfig(name="bd_x4", scale=4, degradation="bd",
+                                       description="Gaussian blur (13x13, sigma 1.6) + x4 decimation LQ made from GT "
+                                                   "(DUF's BD)", **options)])
 
 
 def fingerprint(root: Path) -> str:
@@ -99,14 +100,17 @@ def _normalized(options: dict) -> dict:
     return out
 
 
-def make_config(builder_cls, config: str | None, root: Path, options: dict | None = None) -> FootageConfig:
+def make_config(builder_cls, config: str | None, root: Path, options: dict | None = None,
+                layout: str = "tiles") -> FootageConfig:
     """The ``FootageConfig`` of a degradation name (``bi_x4``, ``bd_x4``; ``sr_x4`` = ``bi_x4``),
-    the builder's defaults, ``options`` (``data.footage``) and ``root``'s fingerprint."""
-    base_name = CONFIG_ALIASES.get(config or "", config) or builder_cls.BUILDER_CONFIGS[0].name
-    bases = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
-    if base_name not in bases:
+    the builder's defaults, ``options`` (``data.footage``), ``root``'s fingerprint and the layout
+    (``edvr_jax.data.layout``; the PNG layout's names are those of builds made before it existed)."""
+    name = base_name(config or "")
+    name = CONFIG_ALIASES.get(name, name) or builder_cls.BUILDER_CONFIGS[0].name
+    bases = {c.name: c for c in builder_cls.BUILDER_CONFIGS if c.layout == "png"}
+    if name not in bases:
         raise DatasetError(f"{builder_cls.__name__}: unknown config {config!r}; expected one of {sorted(bases)}")
-    base = bases[base_name]
+    base = bases[name]
     fields = {k: getattr(base, k) for k in OPTIONS + ("codec",)}
     fields.update(_normalized(dict(options or {})))
     codec = fields.pop("codec")
@@ -115,7 +119,8 @@ def make_config(builder_cls, config: str | None, root: Path, options: dict | Non
         key += (repr(codec),)
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     lq = f"; LQ compressed: {codec.describe()}" if codec is not None else ""
-    return FootageConfig(name=f"{base.name}-{digest}", scale=base.scale, degradation=base.degradation,
+    return FootageConfig(name=config_name(f"{base.name}-{digest}", layout), scale=base.scale,
+                         degradation=base.degradation, layout=layout,
                          description=f"{base.description}{lq}; {root}; {fields}", source=str(root.resolve()),
                          codec=codec, **fields)
 

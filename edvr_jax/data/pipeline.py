@@ -1,76 +1,31 @@
-"""The input pipeline: random training windows and full test clips, read at random from
-``tfds.data_source`` and assembled by Grain.
+"""The input pipeline: random training windows and full test clips, read at random from a
+built dataset (``ClipReader``) and assembled by Grain.
 
 Training batches are a pure function of ``(seed, batch index)``: each epoch is a
 permutation of the samples drawn from ``(seed, epoch)`` and cut into global batches,
 every sample gets its own RNG from ``(seed, epoch, position)``, and each process reads
 only its rows of a batch. So the batches do not depend on the worker or process count,
-and the iterator's state (a position) is saved and restored with Orbax
-(``grain.PyGrainCheckpointSave``) beside the model.
+nor on the dataset's layout, and the iterator's state (the next batch index) is saved and
+restored with Orbax (``grain.PyGrainCheckpointSave``) beside the model. Batches are uint8;
+the training step makes them float on the device (``edvr_jax.training.step.batch_to_float``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import os
 from typing import Iterator, Sequence
 
 import grain.python as grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
-from edvr_jax.data.frames import DatasetError, decode_png
+from edvr_jax.data.frames import DatasetError
 from edvr_jax.data.grain_compat import allow_worker_processes
+from edvr_jax.data.reader import ClipReader
 from edvr_jax.errors import check_arguments
-
-
-class ClipReader:
-    """Random access to the frames of one split: ``lq(clip, frames)``, ``gt(clip, frame)``.
-
-    Picklable (Grain workers reopen the data source). Clip ``c`` is row ``c`` of ``clips``:
-    ``(name, first record, frame count)``.
-    """
-
-    def __init__(self, builder: tfds.core.DatasetBuilder, split: str):
-        self.name = f"{builder.name}/{builder.builder_config.name}"
-        self._builder_dir = builder.data_dir
-        self.split = split
-        table = builder.info.metadata.get("clips", {})
-        if split not in table:
-            raise DatasetError(f"{self.name} has no split {split!r}; it has {sorted(table)}")
-        self.clips = [(str(n), int(s), int(c)) for n, s, c in table[split]]
-        self.scale = int(builder.info.metadata["scale"])
-        self._source = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_source": None}
-
-    @property
-    def source(self):
-        if self._source is None:
-            builder = tfds.builder_from_directory(self._builder_dir)
-            self._source = builder.as_data_source(
-                self.split, decoders={"lq": tfds.decode.SkipDecoding(), "gt": tfds.decode.SkipDecoding()})
-        return self._source
-
-    def _record(self, clip: int, frame: int) -> dict:
-        name, start, count = self.clips[clip]
-        if not 0 <= frame < count:
-            raise IndexError(f"{self.name}: clip {name} has {count} frames, asked for frame {frame}")
-        record = self.source[start + frame]
-        if record["frame"] != frame or record["clip"].decode() != name:
-            raise DatasetError(f"{self.name}/{self.split}: record {start + frame} holds clip "
-                               f"{record['clip'].decode()} frame {record['frame']}, expected {name} frame {frame}; "
-                               "the dataset files do not match their clip table (rebuild the dataset)")
-        return record
-
-    def lq(self, clip: int, frames: Sequence[int]) -> np.ndarray:
-        """uint8 ``[len(frames), h, w, 3]``."""
-        return np.stack([decode_png(self._record(clip, f)["lq"]) for f in frames])
-
-    def gt(self, clip: int, frame: int) -> np.ndarray:
-        """uint8 ``[H, W, 3]``."""
-        return decode_png(self._record(clip, frame)["gt"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +94,9 @@ class _BatchPlan(grain.RandomAccessDataSource):
     therefore fixed by the seed alone, whatever the worker or process count.
     """
 
-    def __init__(self, what: str, centers: np.ndarray, global_batch: int, seed: int, num_epochs: int | None):
-        self._what = what
+    def __init__(self, what: str, centers: np.ndarray, global_batch: int, seed: int, num_epochs: int | None,
+                 start: int = 0):
+        self._what, self.start = what, start
         self._centers, self._global, self._seed = centers, global_batch, seed
         self.batches_per_epoch = len(centers) // global_batch
         if self.batches_per_epoch == 0:
@@ -151,15 +107,21 @@ class _BatchPlan(grain.RandomAccessDataSource):
         self._len = self.batches_per_epoch * (num_epochs if num_epochs is not None else 10 ** 9)
         self._perm = (-1, None)
 
+    def from_batch(self, start: int) -> _BatchPlan:
+        """The same plan, its record 0 being batch ``start``."""
+        plan = copy.copy(self)
+        plan.start = start
+        return plan
+
     def __len__(self):
-        return self._len
+        return max(0, self._len - self.start)
 
     def __repr__(self):  # Grain compares it with the checkpointed one on restore
         return (f"_BatchPlan({self._what}, samples={len(self._centers)}, global_batch={self._global}, "
                 f"seed={self._seed}, share={self._offset}+{self._local})")
 
     def __getitem__(self, i):
-        epoch, b = divmod(int(i), self.batches_per_epoch)
+        epoch, b = divmod(self.start + int(i), self.batches_per_epoch)
         if self._perm[0] != epoch:
             self._perm = (epoch, np.random.default_rng([self._seed, epoch]).permutation(len(self._centers)))
         pos = self._perm[1][b * self._global + self._offset:][:self._local]
@@ -167,10 +129,10 @@ class _BatchPlan(grain.RandomAccessDataSource):
 
 
 class _LoadBatch(grain.MapTransform):
-    """Rows of ``(clip, centre, epoch, position)`` -> ``{'lq': float32 [b, T, h, w, 3],
-    'gt': float32 [b, sh, sw, 3]}``: BasicSR's REDS/Vimeo training sample per row
-    (interval, re-drawn centre, reverse, aligned crop, flips, / 255), each from its own
-    RNG seeded by ``(seed, epoch, position)``."""
+    """Rows of ``(clip, centre, epoch, position)`` -> ``{'lq': uint8 [b, T, p, p, 3],
+    'gt': uint8 [b, sp, sp, 3]}``: BasicSR's REDS/Vimeo training sample per row
+    (interval, re-drawn centre, reverse, aligned crop, flips), each from its own
+    RNG seeded by ``(seed, epoch, position)``. Only the crops are read."""
 
     def __init__(self, reader: ClipReader, spec: WindowSpec, seed: int):
         self.reader, self.spec, self.seed = reader, spec, seed
@@ -178,8 +140,7 @@ class _LoadBatch(grain.MapTransform):
     def map(self, rows):
         samples = [self.sample(int(c), int(f), np.random.default_rng([self.seed, int(e), int(k), 1]))
                    for c, f, e, k in rows]
-        return {key: np.stack([s[key] for s in samples]).astype(np.float32) / np.float32(255.0)
-                for key in ("lq", "gt")}
+        return {key: np.stack([s[key] for s in samples]) for key in ("lq", "gt")}
 
     def sample(self, clip: int, center: int, rng: np.random.Generator) -> dict:
         spec, reader = self.spec, self.reader
@@ -191,16 +152,14 @@ class _LoadBatch(grain.MapTransform):
         frames = list(range(center - half, center + half + 1, interval))
         if spec.random_reverse and rng.random() < 0.5:
             frames.reverse()
-        lq, gt = reader.lq(clip, frames), reader.gt(clip, center)
         s = reader.scale
         p = spec.gt_size // s
-        h, w = lq.shape[1:3]
+        h, w = reader.lq_size(clip)
         if h < p or w < p:
             raise DatasetError(f"{reader.name}: clip {reader.clips[clip][0]} has {h}x{w} LQ frames, smaller "
                                f"than the {p}x{p} training patch (gt_size {spec.gt_size} / scale {s})")
         top, left = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
-        lq = lq[:, top:top + p, left:left + p]
-        gt = gt[top * s:(top + p) * s, left * s:(left + p) * s]
+        lq, gt = reader.crops(clip, frames, top, left, p, center)
         if spec.use_hflip and rng.random() < 0.5:
             lq, gt = lq[:, :, ::-1], gt[:, ::-1]
         if spec.use_rot:
@@ -211,28 +170,122 @@ class _LoadBatch(grain.MapTransform):
         return {"lq": lq, "gt": gt}
 
 
+def auto_worker_count() -> int:
+    """``worker_count=-1``: one worker process per core this process may use, less one for the
+    training loop, at most 4 per local device (what an H200 step of EDVR-M needs from the tile
+    layout, with room: benchmarks/README.md), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores - 1, 4 * jax.local_device_count()))
+
+
+class TrainBatches:
+    """The iterator of ``train_loader``: batches from a batch index on. Its state is that index
+    (and the plan it indexes), so a position saved with one worker count restores with any other;
+    a Grain ``DataLoader`` state (what runs saved before) is read as the index it stands for."""
+
+    def __init__(self, plan: _BatchPlan, load: _LoadBatch, worker_count: int, worker_buffer_size: int):
+        self._plan, self._load = plan, load
+        self._workers, self._buffer = worker_count, worker_buffer_size
+        self._next, self._it = 0, None
+
+    def _start(self) -> grain.DatasetIterator:
+        """Grain's dataset pipeline from batch ``self._next``: the plan's rows, loaded, in
+        ``self._workers`` processes (each makes every n-th batch; Grain keeps their order)."""
+        # One thread hands out the rows (cheap); the default 16 would only compete with the loading.
+        ds = grain.MapDataset.source(self._plan.from_batch(self._next)).to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).map(self._load)
+        if self._workers:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers,
+                                                             per_worker_buffer_size=self._buffer))
+        return iter(ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:
+            self._it = self._start()
+        try:
+            batch = next(self._it)
+        except BaseException:
+            self.close()  # the workers now, not at interpreter exit (where Grain 0.2.18's finalizer may fail)
+            raise
+        self._next += 1
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps({"next_batch": self._next, "plan": repr(self._plan)}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        saved = json.loads(state)
+        if "next_batch" in saved:
+            if saved["plan"] != repr(self._plan):
+                raise ValueError(f"the saved data position is in another batch plan: {saved['plan']}, "
+                                 f"not {self._plan!r}")
+            start = int(saved["next_batch"])
+        else:
+            start = grain_state_position(saved)
+        self.close()
+        self._next = start
+
+    def start_prefetch(self) -> None:
+        """Starts the workers now (Grain's checkpoint handler calls it after ``set_state``)."""
+        if self._it is None:
+            self._it = self._start()
+        self._it.start_prefetch()
+
+    def close(self) -> None:
+        """Ends the worker processes (a later ``next`` starts them again)."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+
+    def __del__(self):
+        self.close()
+
+
+def grain_state_position(state: dict) -> int:
+    """The next batch index that a Grain 0.2.18 ``DataLoader`` state (no sharding) stands for: worker
+    ``i`` of ``n`` had produced ``(last_seen[i] + n - i) / n`` of the records ``i, i + n, ...``."""
+    last_seen, n = state["last_seen_indices"], int(state["worker_count"])
+    if n == 0:
+        return int(last_seen["0"]) + 1
+    return sum((int(last_seen[str(i)]) + n - i) // n for i in range(n))
+
+
+class _Loader:
+    """What ``train_loader`` returns: each ``iter()`` is a fresh ``TrainBatches`` from batch 0."""
+
+    def __init__(self, *args):
+        self._args = args
+
+    def __iter__(self) -> TrainBatches:
+        return TrainBatches(*self._args)
+
+
 def train_loader(reader: ClipReader, spec: WindowSpec, global_batch_size: int, seed: int,
                  worker_count: int = 0, num_epochs: int | None = None,
-                 worker_buffer_size: int = 2) -> grain.DataLoader:
-    """A Grain loader of training batches: ``{'lq': [b, T, p, p, 3], 'gt': [b, sp, sp, 3]}`` float32
-    in [0, 1], ``b = global_batch_size / jax.process_count()``, this process's share of the
-    global batch (``p = gt_size / scale``).
+                 worker_buffer_size: int = 2) -> _Loader:
+    """Training batches: ``{'lq': [b, T, p, p, 3], 'gt': [b, sp, sp, 3]}`` uint8,
+    ``b = global_batch_size / jax.process_count()``, this process's share of the global batch
+    (``p = gt_size / scale``).
 
-    ``iter(loader)`` gives an iterator with ``get_state``/``set_state`` (Orbax:
+    ``iter(loader)`` gives a ``TrainBatches`` with ``get_state``/``set_state`` (Orbax:
     ``grain.PyGrainCheckpointSave``/``Restore``). The batches depend on ``seed`` only;
-    ``worker_count`` processes prepare them ahead of the training step.
+    ``worker_count`` processes (-1: ``auto_worker_count()``) prepare ``worker_buffer_size``
+    batches each ahead of the training step; 0 loads them in this process.
     """
     _check_windows(reader, spec)
+    if worker_count < 0:
+        worker_count = auto_worker_count()
     if worker_count:
         allow_worker_processes()
     procs = jax.process_count()
     if global_batch_size % procs:
         raise ValueError(f"global batch {global_batch_size} is not divisible by the {procs} processes")
-    plan = _BatchPlan(f"{reader.name}/{reader.split}, {spec}", _centers(reader, spec), global_batch_size, seed, num_epochs)
-    sampler = grain.IndexSampler(num_records=len(plan), shard_options=grain.NoSharding(), shuffle=False,
-                                 num_epochs=1, seed=seed)
-    return grain.DataLoader(data_source=plan, sampler=sampler, worker_count=worker_count,
-                            worker_buffer_size=worker_buffer_size, operations=[_LoadBatch(reader, spec, seed)])
+    plan = _BatchPlan(f"{reader.dataset}/{reader.split}, {spec}", _centers(reader, spec), global_batch_size, seed,
+                      num_epochs)
+    return _Loader(plan, _LoadBatch(reader, spec, seed), worker_count, worker_buffer_size)
 
 
 @dataclasses.dataclass

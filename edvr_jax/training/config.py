@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from edvr_jax.errors import ArgumentError, UserError, check_arguments
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.ops.dcn import IMPLS
 from edvr_jax.temporal import PADDING_MODES
 
 
@@ -17,6 +18,7 @@ def validate_config(cfg) -> None:
     The model's arguments and the training windows are checked by their owners
     (``EDVR.check_arguments``, ``WindowSpec``), their errors named by the config's fields."""
     from edvr_jax.data import DATASETS  # (imports TFDS: only when a config is checked)
+    from edvr_jax.data.layout import LAYOUTS
 
     m, d, o = cfg.model, cfg.data, cfg.optim
     checks = [
@@ -28,9 +30,11 @@ def validate_config(cfg) -> None:
         ("checkpoint.keep", cfg.checkpoint.keep, cfg.checkpoint.keep >= 1, ">= 1"),
         ("val_batch_size", cfg.val_batch_size, cfg.val_batch_size >= 1, ">= 1"),
         ("compute_dtype", cfg.compute_dtype, cfg.compute_dtype in ("float32", "bfloat16"), "float32 or bfloat16"),
+        ("dcn_impl", cfg.dcn_impl, cfg.dcn_impl in IMPLS, f"one of {IMPLS}"),
         ("data.name", d.name, d.name in DATASETS, f"one of {sorted(DATASETS)}"),
         ("data.val_padding", d.val_padding, d.val_padding in PADDING_MODES, f"one of {PADDING_MODES}"),
-        ("data.worker_count", d.worker_count, d.worker_count >= 0, ">= 0"),
+        ("data.worker_count", d.worker_count, d.worker_count >= -1, ">= 0, or -1 (one per core, see README)"),
+        ("data.layout", d.layout, d.layout in LAYOUTS, f"one of {LAYOUTS}"),
         ("optim.lr", o.lr, o.lr > 0, "> 0"),
         ("optim.periods", o.periods, len(o.periods) > 0 and all(p >= 1 for p in o.periods),
          "a non-empty tuple of positive integers"),

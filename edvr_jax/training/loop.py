@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from edvr_jax import checkpointing, sharding, weights
 from edvr_jax.models.dcn import warn_high_offsets
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.ops.dcn import DCNOptions
 from edvr_jax.training.config import ConfigError, validate_config, window_spec
 from edvr_jax.training.step import init_sharded_state, jit_train_step, make_schedule, make_tx
 from edvr_jax.training.validation import Validator
@@ -66,7 +67,8 @@ def _setup_data(cfg, lead: bool):
 
 
 def _build_model(cfg, scale: int, name: str) -> EDVR:
-    model = EDVR(**cfg.model, dtype=jnp.dtype(cfg.compute_dtype), offset_warning=False)
+    model = EDVR(**cfg.model, dtype=jnp.dtype(cfg.compute_dtype), offset_warning=False,
+                 dcn=DCNOptions(impl=cfg.dcn_impl))
     if model.scale != scale:
         raise ValueError(f"the model restores x{model.scale} (hr_in={model.hr_in}) but {name} is a x{scale} dataset")
     return model
@@ -134,8 +136,6 @@ def train(cfg, workdir: str | Path, *, devices: Sequence[jax.Device] | None = No
 
 
 def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
-    from edvr_jax import run_log  # TensorBoard through TensorFlow: only for the loop
-
     # ------------------------------------------------------------------ mesh
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, devices)
     if cfg.batch_size % mesh.size:
@@ -158,6 +158,8 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
+    from edvr_jax import run_log  # TensorBoard through TensorFlow: imported once the data is open
+
     metrics_log = _MetricsLog(run_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
     bar = _Progress(lead and progress, cfg.total_steps, step)

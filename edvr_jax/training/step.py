@@ -5,6 +5,8 @@
   ``jax.jit(..., out_shardings=...)`` creates it sharded (``init_sharded_state``).
 * ``train_step(state, batch, *, model, tx, schedule, ...)``: one Charbonnier + optimizer
   update, pure; bound with ``functools.partial`` and jitted with shardings by ``jit_train_step``.
+  Batches arrive as the input pipeline makes them, uint8, and become float here, on the device
+  (``batch_to_float``): a quarter of the bytes to make, copy and transfer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -47,11 +50,30 @@ def offset_means(intermediates: Any) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path[:-1], simple=True, separator="/"): v[0] for path, v in leaves}
 
 
+# NumPy's float32(u) / float32(255) for every uint8 u: the values the host pipeline used to make.
+# XLA computes x / 255 as x * (1 / 255) (the CPU backend even for a divisor it only gets at run
+# time), which differs in the last bit for 126 of the 256 values; a table lookup is exact anywhere.
+_U8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255)
+
+
+def to_float(x: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1], bit for bit NumPy's ``float32(x) / float32(255)``; float
+    input as it is."""
+    if x.dtype != jnp.uint8:
+        return x
+    return jnp.take(jnp.asarray(_U8_TO_FLOAT), x.astype(jnp.int32), mode="clip")  # uint8 is always in range
+
+
+def batch_to_float(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {k: to_float(v) for k, v in batch.items()}
+
+
 def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *, model: EDVR, tx: optax.GradientTransformation,
                schedule: Callable, loss_eps: float = 1e-12, loss_reduction: str = "sum",
                ema_decay: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """One Charbonnier + optimizer update. A non-finite loss or gradient leaves the state as it was
-    (``metrics['finite']`` says so)."""
+    (``metrics['finite']`` says so). ``batch``: ``lq`` and ``gt``, uint8 or float in [0, 1]."""
+    batch = batch_to_float(batch)
 
     def loss_fn(params):
         out, inter = model.apply({"params": params}, batch["lq"], mutable=["intermediates"])

@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from edvr_jax.models.edvr import EDVR
+from edvr_jax.training.step import to_float
 
 
 @dataclasses.dataclass
@@ -26,7 +27,8 @@ class Validator:
 
     def __post_init__(self):
         model, replicated = self.model, NamedSharding(self.mesh, P())
-        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, x), out_shardings=replicated)
+        # Windows go to the device as uint8 and become float there, as training batches do.
+        self._apply = jax.jit(lambda params, x: model.apply({"params": params}, to_float(x)), out_shardings=replicated)
 
     def _apply_on_mesh(self, params, x):
         if jax.process_count() > 1:
@@ -51,7 +53,7 @@ class Validator:
                 lq = scoring.baseline(clip.lq[f], self.reader.scale)
                 panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate([lq, out, clip.gt[f]], axis=1)
 
-        results = scoring.evaluate(lambda clip: runner.frames(clip.lq.astype(np.float32) / 255.0, dc.val_padding),
+        results = scoring.evaluate(lambda clip: runner.frames(clip.lq, dc.val_padding),
                                    data.eval_clips(self.reader, dc.val_clips), self.reader.scale,
                                    dc.val_crop_border, on_frame=keep, baseline_cache=self.baseline_cache)
         return scoring.summarize(results), panels
