@@ -21,6 +21,7 @@ from edvr_jax.data.codec import CODECS, Codec
 from edvr_jax.data.degrade import add_noise
 from edvr_jax.data.demo_video import DEMO_VIDEO, EdvrDemoVideo
 from edvr_jax.data.footage import EdvrFootage, fingerprint, make_config
+from edvr_jax.data.layout import config_name
 from edvr_jax.data.registry import footage_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,8 +224,8 @@ def test_footage_stores_each_clip_compressed_as_one_stream(folder, tmp_path):
     lq = np.concatenate([stored[n].lq for n in ("a.0000-0003", "a.0004-0006", "a.0007-0009")])
     np.testing.assert_array_equal(lq, expect)
     assert lq.shape == (10, 9, 13, 3) and 25 < _psnr_y(lq, noisy) < 45
-    # Two builds, identical records: the same tf.train.Examples (PNG bytes included; compared
-    # parsed, as a feature map's serialized order follows the process's string hashing).
+    # Two builds, identical records: the same tf.train.Examples (the frames' tiles included;
+    # compared parsed, as a feature map's serialized order follows the process's string hashing).
     import tensorflow as tf
     from array_record.python.array_record_module import ArrayRecordReader
 
@@ -232,7 +233,8 @@ def test_footage_stores_each_clip_compressed_as_one_stream(folder, tmp_path):
         (path_a,), (path_b,) = (list(Path(b.data_dir).glob(f"*-{split}.array_record*")) for b in (first, second))
         records = [[tf.train.Example.FromString(r) for r in ArrayRecordReader(str(p)).read_all()]
                    for p in (path_a, path_b)]
-        assert len(records[0]) == {"train": 12, "test": 6}[split] and records[0] == records[1]
+        # one GT and one LQ tile per frame (the frames are smaller than a tile): 12 and 6 frames
+        assert len(records[0]) == 2 * {"train": 12, "test": 6}[split] and records[0] == records[1]
     # eval.py --dataset FOLDER --codec h264 --crf 30 --noise 4: the same LQ, whole clips.
     read = {c.name: c for c in folder_clips(folder, noise=4, codec=Codec.make("h264", 30))}
     np.testing.assert_array_equal(read["a"].lq, lq)
@@ -244,11 +246,12 @@ def test_config_name_follows_the_codec_options(folder):
     def name(**codec):
         return make_config(EdvrFootage, "bi_x4", folder, {"noise": 4, **codec}).name
 
-    # Without a codec, the name is the one the formula gave before codecs existed.
+    # Without a codec, the name is the one the formula gave before codecs existed (in the default layout).
     fields = {"clips": (), "test_clips": (), "test_part": (0.9, 1.0), "gt_resize": 1.0, "gt_crop": (),
               "min_frames": 5, "noise": 4.0}
     old = hashlib.sha1(repr(("bi_x4", 4, "bi", sorted(fields.items()), fingerprint(folder))).encode()).hexdigest()
-    assert name() == name(codec="none") == name(codec="", crf=None, preset="", gop=0, crf_seed=0) == f"bi_x4-{old[:12]}"
+    assert name() == name(codec="none") == name(codec="", crf=None, preset="", gop=0, crf_seed=0) == \
+        config_name(f"bi_x4-{old[:12]}", "tiles")
     variants = [name(codec="h264"), name(codec="h264", crf=28), name(codec="h265", crf=28),
                 name(codec="h264", crf=(20, 30)), name(codec="h264", crf=(20, 30), crf_seed=1),
                 name(codec="h264", crf=28, preset="slow"), name(codec="h264", crf=28, gop=12)]
