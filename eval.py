@@ -171,19 +171,19 @@ def evaluate() -> None:
     out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}{lq_made}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    bar = tqdm(total=sum(len(c.gt) for c in clips), unit="frame", desc="evaluating")
+    bar = tqdm(total=sum(c.count for c in clips), unit="frame", desc="evaluating")
 
-    def restore(clip):
-        for f, out in restorer.frames(clip.lq):
+    def restore(lq_frames):  # a clip's frames, streamed through the model's windows
+        for f, out in restorer.frames(lq_frames):
             bar.update(1)
             yield f, out
 
-    def on_frame(clip, f, out):
+    def on_frame(clip, f, out, lq, gt):
         if _SAVE_IMAGES.value:
             (out_dir / clip.name).mkdir(exist_ok=True)
             Image.fromarray(out).save(out_dir / clip.name / f"{f:08d}.png")
-        if _SIDE_BY_SIDE.value and f == len(clip.gt) // 2:
-            panel = np.concatenate([scoring.baseline(clip.lq[f], scale), out, clip.gt[f]], axis=1)
+        if _SIDE_BY_SIDE.value and f == clip.count // 2:
+            panel = np.concatenate([scoring.baseline(lq, scale), out, gt], axis=1)
             Image.fromarray(panel).save(out_dir / f"{clip.name}_input_output_gt.png")
 
     start = time.perf_counter()

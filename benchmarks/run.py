@@ -3,6 +3,7 @@ memory, PyTorch side by side, and the accelerator side-by-side with BasicSR.
 
     python -m benchmarks.run all [--quick]           # dcn + inference + train + pipeline + tiles (+ torch)
     python -m benchmarks.run dcn|inference|train|pipeline|tiles [--quick]
+    python -m benchmarks.run restore [--quick] [--frames 16 400] [--code OTHER_CHECKOUT]   # long videos
     python -m benchmarks.run torch --basicsr-src benchmarks/.basicsr
     python -m benchmarks.run gpu --basicsr-src benchmarks/.basicsr [--budget 480] [--study] [--tiny]
     python -m benchmarks.run sweep [--budget 150] [--tiny]   # the Pallas forward kernel's launch parameters
@@ -182,8 +183,8 @@ def bench_torch(results: Results, basicsr_src: str | None, ours: dict | None) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["dcn", "inference", "train", "pipeline", "tiles", "torch", "all", "gpu",
-                                         "sweep"])
+    parser.add_argument("what", choices=["dcn", "inference", "train", "pipeline", "tiles", "restore", "torch", "all",
+                                         "gpu", "sweep"])
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--out", default=str(harness.DEFAULT_RESULTS),
                         help="JSON lines file the rows are appended to (default: %(default)s)")
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
                         "CPU (Pallas in interpret mode); nothing recorded")
     parser.add_argument("--study", action="store_true", help="gpu: EDVR-M's training step and inference with "
                         "each DCN implementation (gather, pallas), without BasicSR")
+    parser.add_argument("--frames", type=int, nargs="+", help="restore: clip lengths (default 16 400)")
+    parser.add_argument("--code", action="append", help="restore: another checkout to run side by side")
+    parser.add_argument("--limit", type=float, help="restore: seconds after which a run is stopped")
     parser.add_argument("--rounds", type=int, default=1, help="gpu --study: times each item runs, interleaved")
     args = parser.parse_args(argv)
     results = Results(None if args.tiny else args.out)
@@ -222,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
             bench_pipeline(results, args.quick, args.basicsr_src)
         if args.what in ("tiles", "all"):
             bench_tiles(results, args.quick)
+        if args.what == "restore":
+            from benchmarks.restore import bench_restore
+            bench_restore(results, args.quick, args.frames, codes=args.code, limit=args.limit)
         if args.what in ("torch", "all"):
             bench_torch(results, args.basicsr_src, ours)
     print(f"{len(results.rows)} rows appended to {results.path}" if results.path else "tiny shapes: nothing recorded")

@@ -1,7 +1,8 @@
-"""Restoring whole clips of any size: ``edvr_jax.load(path)`` -> ``Restorer``.
+"""Restoring clips of any length and size: ``edvr_jax.load(path)`` -> ``Restorer``.
 
 A clip is restored frame by frame from sliding temporal windows (BasicSR's padding
-modes at the ends). Frames are padded to the model's size multiple and cropped back;
+modes at the ends), read as a stream: a frame is dropped once no window needs it, so
+memory does not depend on the clip's length. Frames are padded to the model's size multiple and cropped back;
 large frames are cut into overlapping spatial tiles whose outputs are blended with
 linear ramps across the overlaps, so memory is bounded by the tile, not the frame.
 """
@@ -9,8 +10,9 @@ linear ramps across the overlaps, so memory is bounded by the tile, not the fram
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -18,18 +20,18 @@ import numpy as np
 from edvr_jax.media import to_uint8
 from edvr_jax.models.dcn import warn_offsets
 from edvr_jax.models.edvr import EDVR, TwoStageEDVR
-from edvr_jax.temporal import window_table
+from edvr_jax.temporal import stream_windows
 
 
-def _pad_to(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[N, H, W, C]`` padded at the bottom/right to ``height x width`` by reflection (edge
+def _pad_to(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[H, W, C]`` padded at the bottom/right to ``height x width`` by reflection (edge
     repetition where the frame is too small to reflect)."""
-    n, h, w, c = frames.shape
+    h, w, _ = frame.shape
     ph, pw = height - h, width - w
     if ph == 0 and pw == 0:
-        return frames
+        return frame
     mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+    return np.pad(frame, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
 def _round_up(x: int, m: int) -> int:
@@ -98,18 +100,23 @@ class StageRunner:
             windows = np.concatenate([windows, np.repeat(windows[-1:], self.batch_size - n, axis=0)])
         return np.asarray(self.apply_fn(self.params, windows))[:n]
 
-    def frames(self, clip: np.ndarray, padding: str) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, float32 [sH, sW, 3])`` for every frame of ``clip`` (float32 ``[N, H, W, 3]``)."""
+    def stream(self, frames: Iterable[np.ndarray], padding: str) -> Iterator[np.ndarray]:
+        """float32 ``[sH, sW, 3]`` for every frame of a stream of float32 ``[H, W, 3]`` frames, in
+        order, each as soon as its window has been read (``temporal.stream_windows``): the frames
+        held do not depend on the clip's length."""
         model, s, m = self.model, self.model.scale, self.model.size_multiple
-        n, h, w, _ = clip.shape
-        table = window_table(n, model.num_frame, padding)
+        source = iter(frames)
+        first = next(source, None)
+        if first is None:
+            return
+        h, w, _ = first.shape
         ph, pw = _round_up(h, m), _round_up(w, m)
-        padded = _pad_to(clip, ph, pw)  # tiled or not, the same padding: only tile seams differ
+        # Tiled or not, the same padding: only tile seams differ.
+        padded = (_pad_to(f, ph, pw) for f in itertools.chain([first], source))
         if self.tile is None:
-            for start in range(0, n, self.batch_size):
-                out = self._run(padded[table[start:start + self.batch_size]])
-                for i, frame in enumerate(out):
-                    yield start + i, frame[:h * s, :w * s]
+            for windows in stream_windows(padded, model.num_frame, padding, self.batch_size):
+                for frame in self._run(np.stack(windows)):
+                    yield frame[:h * s, :w * s]
             return
         tile = _round_up(self.tile, m)
         th, tw = min(tile, ph), min(tile, pw)
@@ -118,10 +125,10 @@ class StageRunner:
         boxes = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
         weights = {(iy, ix): _ramp(th * s, ys, iy, overlap, s)[:, None] * _ramp(tw * s, xs, ix, overlap, s)[None, :]
                    for iy, ix in boxes}
-        for f in range(n):
+        for (window,) in stream_windows(padded, model.num_frame, padding):
+            window = np.stack(window)
             canvas = np.zeros((ph * s, pw * s, 3), np.float32)
             total = np.zeros((ph * s, pw * s, 1), np.float32)
-            window = padded[table[f]]
             for b in range(0, len(boxes), self.batch_size):
                 chunk = boxes[b:b + self.batch_size]
                 tiles = np.stack([window[:, ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw] for iy, ix in chunk])
@@ -131,14 +138,22 @@ class StageRunner:
                     canvas[y0:y0 + th * s, x0:x0 + tw * s] += out * wgt
                     total[y0:y0 + th * s, x0:x0 + tw * s] += wgt
             canvas /= total  # in place: the canvas is the largest buffer here
-            yield f, canvas[:h * s, :w * s]
+            yield canvas[:h * s, :w * s]
+
+    def frames(self, clip: Iterable[np.ndarray], padding: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, float32 [sH, sW, 3])`` for every frame of ``clip`` (float32 ``[N, H, W, 3]``,
+        or any iterable of ``[H, W, 3]`` frames)."""
+        return enumerate(self.stream(clip, padding))
 
 
 class Restorer:
-    """A loaded EDVR (one- or two-stage) that restores clips.
+    """A loaded EDVR (one- or two-stage) that restores clips of any length and frame size.
 
-    ``restorer(frames)``: ``[N, H, W, 3]`` uint8 (or float in [0, 1]) -> the restored clip in
-    the same dtype kind, ``[N, sH, sW, 3]``. Any H, W; ``tile`` bounds memory on large frames.
+    ``restorer.stream(frames)``: any iterable of ``[H, W, 3]`` uint8 (or float in [0, 1]) frames ->
+    an iterator of the restored ``[sH, sW, 3]`` frames in the same dtype kind, each as soon as
+    its temporal window has been read; memory does not depend on the clip's length.
+    ``restorer(clip)``: ``[N, H, W, 3]`` -> ``[N, sH, sW, 3]``, the same frames stacked.
+    ``tile`` bounds memory on large frames.
     """
 
     def __init__(self, model: EDVR | TwoStageEDVR, params: Any, padding: str | None = None,
@@ -162,29 +177,59 @@ class Restorer:
     def scale(self) -> int:
         return self._stages[0].model.scale * (self._stages[1].model.scale if len(self._stages) > 1 else 1)
 
-    def frames(self, clip: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, float32 frame)`` as each output frame is ready (stage 1 of a two-stage model
-        restores the whole clip first)."""
+    def _checked(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The frames as float32 (uint8 / 255), each checked against the first; an error before
+        the first output if the clip is shorter than the model's window."""
+        if isinstance(frames, np.ndarray) and (frames.ndim != 4 or frames.shape[-1] != 3):
+            raise ValueError(f"expected a clip [N, H, W, 3], got shape {frames.shape}")
+        need, head, first = self._stages[0].model.num_frame, [], None
+        for i, frame in enumerate(frames):
+            frame = np.asarray(frame)
+            if first is None:
+                if frame.ndim != 3 or frame.shape[-1] != 3:
+                    raise ValueError(f"expected frames [H, W, 3], got frame 0 of shape {frame.shape}")
+                first = frame
+            elif frame.shape != first.shape or frame.dtype != first.dtype:
+                raise ValueError(f"frame {i} is {frame.dtype} {frame.shape} but frame 0 is {first.dtype} "
+                                 f"{first.shape}; all frames of a clip must share one size and dtype")
+            x = frame.astype(np.float32)
+            if frame.dtype == np.uint8:
+                x /= 255.0
+            if len(head) < need:  # held until the window is known to fit
+                head.append(x)
+                if len(head) == need:
+                    yield from head
+                continue
+            yield x
+        if len(head) < need:
+            raise ValueError(f"a clip of {len(head)} frames is shorter than the model's {need}-frame window")
+
+    def _float_stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        x = self._checked(frames)
+        for stage in self._stages[:-1]:
+            x = (np.clip(out, 0, 1) for out in stage.stream(x, self.padding))
+        return self._stages[-1].stream(x, self.padding)
+
+    def frames(self, clip: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index, float32 [sH, sW, 3])`` as each output frame is ready, for a clip
+        ``[N, H, W, 3]`` or any iterable of ``[H, W, 3]`` frames (uint8, or float in [0, 1])."""
+        return enumerate(self._float_stream(clip))
+
+    def stream(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The restored frames of ``frames`` (an iterable of ``[H, W, 3]``, read as needed), in
+        order: uint8 for uint8 input (rounded as BasicSR's ``tensor2img``), float32 otherwise."""
+        source = iter(frames)
+        first = next(source, None)
+        to_u8 = first is not None and np.asarray(first).dtype == np.uint8
+        for out in self._float_stream(source if first is None else itertools.chain([first], source)):
+            yield to_uint8(out) if to_u8 else out
+
+    def __call__(self, clip: np.ndarray) -> np.ndarray:
+        """``[N, H, W, 3]`` -> ``[N, sH, sW, 3]``: ``stream`` over the clip's frames, stacked."""
         clip = np.asarray(clip)
         if clip.ndim != 4 or clip.shape[-1] != 3:
             raise ValueError(f"expected a clip [N, H, W, 3], got shape {clip.shape}")
-        need = self._stages[0].model.num_frame
-        if len(clip) < need:
-            raise ValueError(f"a clip of {len(clip)} frames is shorter than the model's {need}-frame window")
-        x = clip.astype(np.float32)
-        if clip.dtype == np.uint8:
-            x /= 255.0
-        for k, stage in enumerate(self._stages):
-            if k == len(self._stages) - 1:
-                yield from stage.frames(x, self.padding)
-            else:
-                x = np.stack([np.clip(out, 0, 1) for _, out in stage.frames(x, self.padding)])
-
-    def __call__(self, clip: np.ndarray) -> np.ndarray:
-        out = np.stack([frame for _, frame in self.frames(clip)])
-        if np.asarray(clip).dtype == np.uint8:
-            return to_uint8(out)
-        return out
+        return np.stack(list(self.stream(clip)))
 
 
 def load(path: str | os.PathLike, **options) -> Restorer:

@@ -1,11 +1,15 @@
-"""Clip I/O: reading and writing a clip as a folder of frames or a video file (PyAV), and
+"""Clip I/O: a clip as a folder of frames or a video file (PyAV), read a frame at a time
+(``open_clip``) or whole (``read_clip``) and written a frame at a time (``Writer``), and
 ``to_uint8``, the rounding every output goes through."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -25,6 +29,15 @@ class InputError(UserError, ValueError):
     """An input clip that cannot be used as it is; the message names the file and the problem."""
 
 
+def _check_rgb(img: Image.Image, path: Path, error: type[Exception]) -> None:
+    """An opened (not yet loaded) image is 8-bit RGB, from its header."""
+    if img.mode != "RGB":
+        raise error(f"{path} is a {img.mode!r} image; expected 8-bit RGB")
+    if any("16" in str(tile[-1]) for tile in img.tile):  # raw mode, e.g. 'RGB;16B'; PIL keeps 8 bits
+        raise error(f"{path} is a 16-bit image; edvr-jax reads 8-bit RGB frames (convert it first, e.g. "
+                    f"ffmpeg -i IN -pix_fmt rgb24 OUT.png)")
+
+
 def read_rgb(path: str | os.PathLike, error: type[Exception] = InputError) -> np.ndarray:
     """Decodes an 8-bit RGB image file to uint8 ``[H, W, 3]``; a missing, undecodable or
     non-RGB file raises ``error`` naming the file."""
@@ -33,18 +46,22 @@ def read_rgb(path: str | os.PathLike, error: type[Exception] = InputError) -> np
         raise error(f"missing frame: {path}")
     try:
         with Image.open(path) as img:
-            sixteen_bit = any("16" in str(tile[-1]) for tile in img.tile)  # raw mode, e.g. 'RGB;16B'; PIL keeps 8 bits
+            _check_rgb(img, path, error)
             img.load()
-            mode = img.mode
             arr = np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise error(f"cannot decode {path}: {e}") from e
-    if mode != "RGB":
-        raise error(f"{path} is a {mode!r} image; expected 8-bit RGB")
-    if arr.dtype != np.uint8 or sixteen_bit:
-        raise error(f"{path} is a 16-bit image; edvr-jax reads 8-bit RGB frames (convert it first, e.g. "
-                    f"ffmpeg -i IN -pix_fmt rgb24 OUT.png)")
     return arr
+
+
+def rgb_size(path: Path, error: type[Exception] = InputError) -> tuple[int, int]:
+    """``(H, W)`` of an 8-bit RGB image file, from its header alone; ``error`` as ``read_rgb``."""
+    try:
+        with Image.open(path) as img:
+            _check_rgb(img, path, error)
+            return img.size[1], img.size[0]
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise error(f"cannot decode {path}: {e}") from e
 
 
 def list_frames(folder: Path, what: str, error: type[Exception] = InputError,
@@ -58,43 +75,100 @@ def list_frames(folder: Path, what: str, error: type[Exception] = InputError,
     return frames
 
 
-def read_clip(path: str | os.PathLike) -> tuple[np.ndarray, list[str], float | None]:
-    """``(frames uint8 [N, H, W, 3], frame names, fps or None)`` from a folder of images (name
-    order) or a video file."""
+@dataclasses.dataclass
+class ClipFile:
+    """A clip on disk, read a frame at a time: a folder of images (``files``, name order) or a
+    video file (PyAV). ``open_clip`` checks it; each iteration decodes its frames in order,
+    uint8 ``[H, W, 3]``, holding one at a time."""
+
+    path: Path
+    size: tuple[int, int]  # (H, W)
+    count: int | None  # None: a video whose container does not record its length
+    fps: float | None
+    files: tuple[Path, ...] | None = None  # a folder's frames; None for a video
+
+    def name(self, i: int) -> str:
+        """Frame ``i``'s name: its file's stem, or its index for a video."""
+        return self.files[i].stem if self.files is not None else f"{i:08d}"
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._read_files() if self.files is not None else self._decode_video()
+
+    def _read_files(self) -> Iterator[np.ndarray]:
+        for f in self.files:
+            img = read_rgb(f)
+            if img.shape[:2] != self.size:  # changed since it was opened
+                raise InputError(f"{f} is {img.shape[1]}x{img.shape[0]} but {self.files[0].name} is "
+                                 f"{self.size[1]}x{self.size[0]}; all frames of a clip must share one size")
+            yield img
+
+    def _decode_video(self) -> Iterator[np.ndarray]:
+        av = _import_av(self.path)
+        i = 0
+        try:
+            with av.open(str(self.path)) as container:
+                for frame in container.decode(container.streams.video[0]):
+                    if (frame.height, frame.width) != self.size:
+                        raise InputError(f"{self.path}: frame {i} is {frame.width}x{frame.height} but frame 0 is "
+                                         f"{self.size[1]}x{self.size[0]}; all frames of a clip must share one size")
+                    yield frame.to_ndarray(format="rgb24")
+                    i += 1
+        except av.error.FFmpegError as e:
+            raise InputError(f"cannot decode video {self.path} at frame {i}: {e}") from e
+
+
+def _import_av(path: Path):
+    try:
+        import av
+    except ImportError as e:
+        raise InputError(f"reading {path} needs PyAV (pip install av)") from e
+    return av
+
+
+def open_clip(path: str | os.PathLike) -> ClipFile:
+    """A folder of images (every file's header checked: 8-bit RGB, one size) or a video file
+    (its first frame decoded) as a ``ClipFile``; anything else is an ``InputError`` naming it."""
     path = Path(path)
     if path.is_dir():
         files = list_frames(path, "clip")
-        frames = []
-        for f in files:
-            img = read_rgb(f)
-            if frames and img.shape != frames[0].shape:
-                raise InputError(f"{f} is {img.shape[1]}x{img.shape[0]} but {files[0].name} is "
-                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}; all frames of a clip must share one size")
-            frames.append(img)
-        return np.stack(frames), [f.stem for f in files], None
+        size = rgb_size(files[0])
+        for f in files[1:]:
+            h, w = rgb_size(f)
+            if (h, w) != size:
+                raise InputError(f"{f} is {w}x{h} but {files[0].name} is {size[1]}x{size[0]}; all frames of a "
+                                 f"clip must share one size")
+        return ClipFile(path, size, len(files), None, tuple(files))
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-        try:
-            import av
-        except ImportError as e:
-            raise InputError(f"reading {path} needs PyAV (pip install av)") from e
+        av = _import_av(path)
         try:
             with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise InputError(f"{path} has no video stream")
                 stream = container.streams.video[0]
                 fps = float(stream.average_rate) if stream.average_rate else None
-                frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+                first = next(container.decode(stream), None)
         except av.error.FFmpegError as e:
             raise InputError(f"cannot decode video {path}: {e}") from e
-        if not frames:
+        if first is None:
             raise InputError(f"{path} holds no video frames")
-        return np.stack(frames), [f"{i:08d}" for i in range(len(frames))], fps
+        return ClipFile(path, (first.height, first.width), stream.frames or None, fps)
     if not path.exists():
         raise InputError(f"{path} does not exist")
     raise InputError(f"{path}: expected a folder of frames or a video file ({', '.join(VIDEO_SUFFIXES)})")
 
 
+def read_clip(path: str | os.PathLike) -> tuple[np.ndarray, list[str], float | None]:
+    """``(frames uint8 [N, H, W, 3], frame names, fps or None)``: a whole clip (``open_clip``)
+    in memory."""
+    clip = open_clip(path)
+    frames = np.stack(list(clip))
+    return frames, [clip.name(i) for i in range(len(frames))], clip.fps
+
+
 class Writer:
-    """Writes restored frames to a folder of PNGs or a video file, into a ``.partial`` path that
-    is renamed into place only when ``close(ok=True)``; a failed run leaves it, and says so."""
+    """Writes restored frames, one at a time, to a folder of PNGs or a video file (encoded as
+    they come), into a ``.partial`` path that is renamed into place only when ``close(ok=True)``;
+    a failed run leaves it if it holds frames (``written``), and says so."""
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None, overwrite: bool = False):
         self.path = Path(path)
@@ -110,10 +184,12 @@ class Writer:
             shutil.rmtree(self.partial) if self.partial.is_dir() else self.partial.unlink()
         self.fps = fps or 25.0
         self._container = self._stream = None
+        self.written = 0
         if not self.video:
             self.partial.mkdir(parents=True)
 
     def write(self, frame: np.ndarray, name: str) -> None:
+        self.written += 1
         if not self.video:
             Image.fromarray(frame).save(self.partial / f"{name}.png")
             return
@@ -133,6 +209,8 @@ class Writer:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
+        if not ok and not self.written and self.partial.is_dir():
+            self.partial.rmdir()
         if ok:
             if self.path.exists():
                 shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()

@@ -3,8 +3,9 @@ and then over clips, with the bicubic (SR) or input (deblur) baseline beside it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -39,37 +40,49 @@ class ClipResult:
         return {k: float(np.mean([f[k] for f in self.frames])) for k in self.frames[0]}
 
 
-def evaluate(restore: Callable[[EvalClip], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
+def evaluate(restore: Callable[[Iterator[np.ndarray]], Iterable[tuple[int, np.ndarray]]], clips: Iterable[EvalClip],
              scale: int, crop_border: int = 0,
-             on_frame: Callable[[EvalClip, int, np.ndarray], None] | None = None,
+             on_frame: Callable[[EvalClip, int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
              baseline_cache: dict | None = None) -> list[ClipResult]:
-    """Metrics of every frame of every clip, model and baseline (``base_*``). ``restore(clip)``
-    yields ``(frame index, float [H, W, 3] output in [0, 1])`` for every frame of the clip
-    (e.g. ``Restorer.frames``); outputs are rounded to uint8 as BasicSR's ``tensor2img``,
-    and ``on_frame`` gets them so. ``baseline_cache``: a dict kept across calls on the same
-    clips (periodic validation) so the baseline metrics are computed once."""
+    """Metrics of every frame of every clip, model and baseline (``base_*``).
+
+    Each clip is read once, a frame at a time (``EvalClip.pairs``): ``restore(lq frames)`` gets
+    an iterator of its uint8 LQ frames and yields ``(frame index, float [H, W, 3] output in
+    [0, 1])`` for every frame in order (e.g. ``Restorer.frames``); a frame's LQ and GT are held
+    only until its output arrives. Outputs are rounded to uint8 as BasicSR's ``tensor2img``, and
+    ``on_frame(clip, f, out, lq, gt)`` gets them so. ``baseline_cache``: a dict kept across calls
+    on the same clips (periodic validation) so the baseline metrics are computed once."""
     results = []
     for clip in clips:
-        frames = {}
-        for f, out in restore(clip):
+        pending = collections.deque()  # (lq, gt) of the frames read and not yet restored
+
+        def lq_frames(clip=clip, pending=pending):
+            for lq, gt in clip.pairs():
+                pending.append((lq, gt))
+                yield lq
+
+        frames = []
+        for f, out in restore(lq_frames()):
+            if f != len(frames) or not pending:
+                raise ValueError(f"clip {clip.name}: restore gave frame {f} where frame {len(frames)} was next")
+            lq, gt = pending.popleft()
             out = to_uint8(out)
-            gt = clip.gt[f]
             if out.shape != gt.shape:
                 raise ValueError(f"clip {clip.name} frame {f}: output {out.shape} but GT {gt.shape}")
             row = frame_metrics(out, gt, crop_border)
             key = (clip.name, f)
             base = None if baseline_cache is None else baseline_cache.get(key)
             if base is None:
-                base = frame_metrics(baseline(clip.lq[f], scale), gt, crop_border)
+                base = frame_metrics(baseline(lq, scale), gt, crop_border)
                 if baseline_cache is not None:
                     baseline_cache[key] = base
             row.update({f"base_{k}": v for k, v in base.items()})
-            frames[f] = row
+            frames.append(row)
             if on_frame is not None:
-                on_frame(clip, f, out)
-        if len(frames) != len(clip.gt):
-            raise ValueError(f"clip {clip.name}: {len(frames)} frames restored, {len(clip.gt)} expected")
-        results.append(ClipResult(clip.name, [frames[f] for f in sorted(frames)]))
+                on_frame(clip, f, out, lq, gt)
+        if len(frames) != clip.count:
+            raise ValueError(f"clip {clip.name}: {len(frames)} frames restored, {clip.count} expected")
+        results.append(ClipResult(clip.name, frames))
     return results
 
 

@@ -251,6 +251,30 @@ def test_restore_outputs_a_video_into_a_new_folder_and_refuses_unknown_suffixes(
     assert np.all(np.diag(mse) * 10 < np.min(mse + np.diag(np.full(5, np.inf)), axis=1)), mse
 
 
+def test_a_frame_damaged_midway_stops_the_stream_keeping_the_frames_before_it(tmp_path, capsys):
+    """Frames are checked by their headers when the clip is opened; one whose data is cut is met
+    only when the stream reaches it: one error line naming it, the frames restored before it in
+    OUT.partial (the whole-clip restore's first frames), nothing at OUT."""
+    model = EDVR(**SMALL)
+    params = synthetic_variables(model)["params"]
+    weights.save_weights(tmp_path / "w", model, params)
+    frames = (np.random.default_rng(3).random((8, 8, 12, 3)) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / "in" / f"{i:03d}.png")
+    cut = tmp_path / "in" / "006.png"
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    assert restore_cli.main([str(tmp_path / "in"), str(tmp_path / "out"), "--checkpoint", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2] == f"error: restoration stopped; the 2 frames written so far are in {tmp_path / 'out.partial'}"
+    assert err[-1].startswith(f"error: cannot decode {cut}: ")
+    assert not (tmp_path / "out").exists()
+    # Output frames 0 and 1 come from input frames 0-4 (5-frame windows): they are the undamaged clip's.
+    written = np.stack([np.asarray(Image.open(tmp_path / "out.partial" / f"{i:03d}.png")) for i in range(2)])
+    assert sorted(p.name for p in (tmp_path / "out.partial").iterdir()) == ["000.png", "001.png"]
+    np.testing.assert_array_equal(written, load(tmp_path / "w")(frames)[:2])
+
+
 # --- datasets ------------------------------------------------------------------------------------
 
 def test_two_processes_building_one_dataset_share_it(tmp_path):

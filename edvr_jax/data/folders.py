@@ -1,5 +1,5 @@
 """A folder of your clips: frame folders or video files, with LQ given or made from GT,
-checked (``find_clips``), read whole (``folder_clips``) or split into training and held-out
+checked (``find_clips``), read a frame at a time (``folder_clips``) or split into training and held-out
 parts (``split_clips``).
 
 The folder layout has one owner, ``find_clips``; the ``footage`` dataset (TFDS builder
@@ -37,6 +37,7 @@ a training window are ``DatasetError``s naming the clip and file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -87,10 +88,12 @@ class FootageClip:
         """The given LQ frame ``i`` (only when the clip has LQ)."""
         return self.lq.read(i)
 
-    def made_lq_frame(self, i: int, degradation: str, noise: float = 0.0) -> np.ndarray:
+    def made_lq_frame(self, i: int, degradation: str, noise: float = 0.0, gt: np.ndarray | None = None) -> np.ndarray:
         """LQ frame ``i`` made from GT: ``degradation``, then Gaussian noise of std ``noise``
-        (0-255 scale; the same for the same clip name and frame)."""
-        return add_noise(degrade(self.gt_frame(i), degradation, self.scale), noise, (self.name, i))
+        (0-255 scale; the same for the same clip name and frame). ``gt``: GT frame ``i`` where
+        the caller has it already."""
+        gt = self.gt_frame(i) if gt is None else gt
+        return add_noise(degrade(gt, degradation, self.scale), noise, (self.name, i))
 
     def own_reader(self) -> "FootageClip":
         """The same clip with a GT reader of its own (a video decodes in order; two readers
@@ -205,21 +208,29 @@ def _checked(name: str, gt: Frames, lq: Frames | None, scale: int, gt_resize: fl
 def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, degradation: str = "bi",
                  scale: int = 4, gt_resize: float = 1.0, gt_crop: Sequence[int] = (),
                  noise: float = 0.0, codec: Codec | None = None) -> Iterator[EvalClip]:
-    """Whole clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``): the
-    given LQ, or LQ made from GT by ``degradation`` (then ``noise``, then ``codec``), exactly
-    as the ``footage`` dataset stores them. Every clip is checked before the first is read."""
+    """The clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``), read a
+    frame at a time: the given LQ, or LQ made from GT by ``degradation`` (then ``noise``, then
+    ``codec``: each clip encoded whole, held compressed), exactly as the ``footage`` dataset
+    stores them. Every clip is checked before the first is read."""
     noise = noise_std(noise)
     found = find_clips(root, degradation, scale, gt_resize, clips, gt_crop)
     check_made_lq(found, noise, codec)
     for clip in found:
-        gt = np.stack([clip.gt_frame(i) for i in range(clip.count)])
+        yield EvalClip(clip.name, clip.count, functools.partial(_footage_pairs, clip, degradation, noise, codec))
+
+
+def _footage_pairs(clip: FootageClip, degradation: str, noise: float,
+                   codec: Codec | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    compressed = clip.compressed_lq(degradation, noise, codec) if clip.lq is None and codec is not None else None
+    decoded = compressed.frames() if compressed is not None else None
+    for i in range(clip.count):
+        gt = clip.gt_frame(i)
         if clip.lq is not None:
-            lq = np.stack([clip.lq_frame(i) for i in range(clip.count)])
-        elif codec is not None:
-            lq = np.stack(list(clip.compressed_lq(degradation, noise, codec).frames()))
+            yield clip.lq_frame(i), gt
+        elif decoded is not None:
+            yield next(decoded), gt
         else:
-            lq = np.stack([clip.made_lq_frame(i, degradation, noise) for i in range(clip.count)])
-        yield EvalClip(clip.name, lq, gt)
+            yield clip.made_lq_frame(i, degradation, noise, gt), gt
 
 
 def noise_std(value) -> float:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import os
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grain.python as grain
 import jax
@@ -290,19 +291,42 @@ def train_loader(reader: ClipReader, spec: WindowSpec, global_batch_size: int, s
 
 @dataclasses.dataclass
 class EvalClip:
-    """One whole clip: ``lq`` uint8 ``[N, h, w, 3]``, ``gt`` uint8 ``[N, H, W, 3]``."""
+    """One test clip of ``count`` frames, read a frame at a time: ``pairs()`` yields
+    ``(lq uint8 [h, w, 3], gt uint8 [H, W, 3])`` in order, each read once per pass.
+    ``lq`` / ``gt``: the whole clip as arrays (small clips, figures, tests), read on first use."""
 
     name: str
-    lq: np.ndarray
-    gt: np.ndarray
+    count: int
+    read: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+
+    def pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.read()
+
+    @functools.cached_property
+    def _whole(self) -> tuple[np.ndarray, np.ndarray]:
+        lq, gt = zip(*self.pairs())
+        return np.stack(lq), np.stack(gt)
+
+    @property
+    def lq(self) -> np.ndarray:
+        return self._whole[0]
+
+    @property
+    def gt(self) -> np.ndarray:
+        return self._whole[1]
 
 
 def eval_clips(reader: ClipReader, clips: Sequence[str] | None = None) -> Iterator[EvalClip]:
-    """Every clip of the split (or the named ones), whole, in order."""
+    """Every clip of the split (or the named ones), in order, read a frame at a time."""
     names = [c[0] for c in reader.clips]
     for name in clips or names:
         if name not in names:
             raise DatasetError(f"{reader.name}/{reader.split} has no clip {name!r}")
         c = names.index(name)
         count = reader.clips[c][2]
-        yield EvalClip(name, reader.lq(c, range(count)), np.stack([reader.gt(c, f) for f in range(count)]))
+        yield EvalClip(name, count, functools.partial(_clip_pairs, reader, c, count))
+
+
+def _clip_pairs(reader: ClipReader, clip: int, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for f in range(count):
+        yield reader.lq(clip, [f])[0], reader.gt(clip, f)

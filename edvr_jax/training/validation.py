@@ -48,12 +48,12 @@ class Validator:
         runner = StageRunner(self.model, params, self.cfg.val_batch_size, apply_fn=self._apply_on_mesh)
         panels = {}
 
-        def keep(clip, f, out):
-            if len(panels) < self.cfg.num_val_images and f == len(clip.gt) // 2:
-                lq = scoring.baseline(clip.lq[f], self.reader.scale)
-                panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate([lq, out, clip.gt[f]], axis=1)
+        def keep(clip, f, out, lq, gt):
+            if len(panels) < self.cfg.num_val_images and f == clip.count // 2:
+                panels[f"val/{clip.name} (input | output | GT)"] = np.concatenate(
+                    [scoring.baseline(lq, self.reader.scale), out, gt], axis=1)
 
-        results = scoring.evaluate(lambda clip: runner.frames(clip.lq, dc.val_padding),
+        results = scoring.evaluate(lambda lq: runner.frames((f.astype(np.float32) / 255.0 for f in lq), dc.val_padding),
                                    data.eval_clips(self.reader, dc.val_clips), self.reader.scale,
                                    dc.val_crop_border, on_frame=keep, baseline_cache=self.baseline_cache)
         return scoring.summarize(results), panels
