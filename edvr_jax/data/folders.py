@@ -16,8 +16,10 @@ folder of videos works as it is). The LQ folder is ``LQ/`` (or ``lq/``), else Vi
 ``BIx4/`` for the ``bi`` degradation and ``BDx4/`` for ``bd``. A clip without LQ gets it
 made from its GT by the degradation (``edvr_jax.data.degrade``: ``bi`` MATLAB bicubic,
 ``bd`` DUF's Gaussian blur sigma 1.6 + decimation), then, with the ``noise`` option, Gaussian
-noise of that std (0-255 scale), fixed per clip name and frame index (``add_noise``); noise is
-refused for a folder whose clips bring their own LQ.
+noise of that std (0-255 scale), fixed per clip name and frame index (``add_noise``), then,
+with a ``codec``, the whole clip encoded as one video stream and decoded back
+(``edvr_jax.data.codec``); noise and codec are refused for a folder whose clips bring their
+own LQ.
 
 Sizes: GT frames whose sides are not multiples of the scale are cropped at the bottom and
 right to the nearest multiple (BasicSR's ``mod_crop``; e.g. 480x270 -> 480x268), with a
@@ -45,6 +47,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edvr_jax.data.bicubic import resize_uint8
+from edvr_jax.data.codec import Codec, Stream
 from edvr_jax.data.degrade import DEGRADATIONS, add_noise, degrade
 from edvr_jax.data.frames import DatasetError
 from edvr_jax.data.pipeline import EvalClip
@@ -92,6 +95,17 @@ class FootageClip:
         gt = self.gt_frame(i) if gt is None else gt
         return add_noise(degrade(gt, degradation, self.scale), noise, (self.name, i))
 
+    def own_reader(self) -> "FootageClip":
+        """The same clip with a GT reader of its own (a video decodes in order; two readers
+        taking turns on one would re-open it at every frame)."""
+        return dataclasses.replace(self, gt=dataclasses.replace(self.gt, _video=None))
+
+    def compressed_lq(self, degradation: str, noise: float, codec: Codec) -> Stream:
+        """The clip's made LQ frames (``made_lq_frame``) encoded by ``codec`` as one stream;
+        GT is read once, in order, by a reader of its own."""
+        own = self.own_reader()
+        return codec.encode((own.made_lq_frame(i, degradation, noise) for i in range(self.count)), self.name)
+
 
 def _entries(folder: Path) -> dict[str, Path]:
     """Clip name -> frame folder or video file, for the clips directly inside ``folder``."""
@@ -119,6 +133,12 @@ def _roots(root: Path, degradation: str) -> tuple[Path, Path | None]:
         return root, None
     lq = next((root / n for n in LQ_FOLDERS[degradation] if (root / n).is_dir()), None)
     return root / "GT", lq
+
+
+def has_lq_folder(root: str | os.PathLike, degradation: str = "bi") -> bool:
+    """Whether a footage folder brings LQ of its own (an LQ folder beside ``GT/``)."""
+    root = Path(root)
+    return root.is_dir() and _roots(root, degradation)[1] is not None
 
 
 def find_clips(root: str | os.PathLike, degradation: str = "bi", scale: int = 4, gt_resize: float = 1.0,
@@ -187,21 +207,30 @@ def _checked(name: str, gt: Frames, lq: Frames | None, scale: int, gt_resize: fl
 
 def folder_clips(root: str | os.PathLike, clips: Sequence[str] | None = None, degradation: str = "bi",
                  scale: int = 4, gt_resize: float = 1.0, gt_crop: Sequence[int] = (),
-                 noise: float = 0.0) -> Iterator[EvalClip]:
+                 noise: float = 0.0, codec: Codec | None = None) -> Iterator[EvalClip]:
     """The clips of a footage folder as ``EvalClip``s (``eval.py --dataset FOLDER``), read a
-    frame at a time: the given LQ, or LQ made from GT by ``degradation`` (and ``noise``), exactly
-    as the ``footage`` dataset stores them. Every clip is checked before the first is read."""
+    frame at a time: the given LQ, or LQ made from GT by ``degradation`` (then ``noise``, then
+    ``codec``: each clip encoded whole, held compressed), exactly as the ``footage`` dataset
+    stores them. Every clip is checked before the first is read."""
     noise = noise_std(noise)
     found = find_clips(root, degradation, scale, gt_resize, clips, gt_crop)
-    check_noise(found, noise)
+    check_made_lq(found, noise, codec)
     for clip in found:
-        yield EvalClip(clip.name, clip.count, functools.partial(_footage_pairs, clip, degradation, noise))
+        yield EvalClip(clip.name, clip.count, functools.partial(_footage_pairs, clip, degradation, noise, codec))
 
 
-def _footage_pairs(clip: FootageClip, degradation: str, noise: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _footage_pairs(clip: FootageClip, degradation: str, noise: float,
+                   codec: Codec | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    compressed = clip.compressed_lq(degradation, noise, codec) if clip.lq is None and codec is not None else None
+    decoded = compressed.frames() if compressed is not None else None
     for i in range(clip.count):
         gt = clip.gt_frame(i)
-        yield (clip.lq_frame(i) if clip.lq is not None else clip.made_lq_frame(i, degradation, noise, gt)), gt
+        if clip.lq is not None:
+            yield clip.lq_frame(i), gt
+        elif decoded is not None:
+            yield next(decoded), gt
+        else:
+            yield clip.made_lq_frame(i, degradation, noise, gt), gt
 
 
 def noise_std(value) -> float:
@@ -212,12 +241,15 @@ def noise_std(value) -> float:
     return value
 
 
-def check_noise(clips: Sequence[FootageClip], noise: float) -> None:
-    """``noise`` is added to LQ made here, never to given LQ: refuse it for a folder with LQ."""
+def check_made_lq(clips: Sequence[FootageClip], noise: float, codec: Codec | None = None) -> None:
+    """``noise`` and ``codec`` degrade LQ made here, never given LQ: refuse them for a folder with LQ."""
     given = [c for c in clips if c.lq is not None]
-    if noise and given:
-        raise DatasetError(f"noise={noise:g} applies to LQ made from GT, but clips {[c.name for c in given]} have "
-                           f"their own LQ ({given[0].name}: {given[0].lq.path}); set noise=0 or remove their LQ")
+    options = ([f"noise={noise:g}"] if noise else []) + ([f"codec={codec.name}"] if codec is not None else [])
+    if options and given:
+        verb = "applies" if len(options) == 1 else "apply"
+        raise DatasetError(f"{' and '.join(options)} {verb} to LQ made from GT, but clips {[c.name for c in given]} "
+                           f"have their own LQ ({given[0].name}: {given[0].lq.path}); drop "
+                           f"{' and '.join(o.split('=')[0] for o in options)} or remove their LQ")
 
 
 def _part_name(clip: FootageClip, start: int, stop: int) -> str:

@@ -11,7 +11,8 @@ from functools import partial
 from pathlib import Path
 
 from edvr_jax.data.builder import Clip, LazyFrame, VideoConfig, VideoRestorationBuilder
-from edvr_jax.data.folders import FootageClip, check_noise, find_clips, noise_std, split_clips
+from edvr_jax.data.codec import Codec, Stream
+from edvr_jax.data.folders import FootageClip, check_made_lq, find_clips, noise_std, split_clips
 from edvr_jax.data.frames import DatasetError
 from edvr_jax.data.layout import base_name, config_name, with_layouts
 
@@ -20,9 +21,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class FootageConfig(VideoConfig):
-    """A degradation (``bi_x4``, ``bd_x4``) plus the options of ``data.footage``, and ``source``,
-    a fingerprint of the folder: the config's name ends in a hash of all of them, so two
-    folders (or two option sets, or a folder whose files changed) never share a build."""
+    """A degradation (``bi_x4``, ``bd_x4``) plus the options of ``data.footage`` (the codec's
+    as one checked ``Codec``, or None), and ``source``, a fingerprint of the folder: the
+    config's name ends in a hash of all of them, so two folders (or two option sets, or a
+    folder whose files changed) never share a build."""
 
     clips: tuple[str, ...] = ()
     test_clips: tuple[str, ...] = ()
@@ -31,10 +33,12 @@ class FootageConfig(VideoConfig):
     gt_crop: tuple[int, ...] = ()
     min_frames: int = 5
     noise: float = 0.0
+    codec: Codec | None = None
     source: str = ""
 
 
 OPTIONS = ("clips", "test_clips", "test_part", "gt_resize", "gt_crop", "min_frames", "noise")
+CODEC_OPTIONS = ("codec", "crf", "preset", "gop", "crf_seed")  # edvr_jax.data.codec.Codec.make's arguments
 CONFIG_ALIASES = {"sr_x4": "bi_x4"}  # the other datasets' name for bicubic x4
 
 
@@ -66,11 +70,14 @@ def fingerprint(root: Path) -> str:
 
 
 def _normalized(options: dict) -> dict:
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(OPTIONS) - set(CODEC_OPTIONS))
     if unknown:
-        raise DatasetError(f"unknown footage options {unknown}; expected some of {list(OPTIONS)}")
-    out = {}
+        raise DatasetError(f"unknown footage options {unknown}; expected some of {list(OPTIONS + CODEC_OPTIONS)}")
+    codec = Codec.make(**{k: options[k] for k in CODEC_OPTIONS if k in options})
+    out = {"codec": codec} if codec is not None else {}
     for key, value in options.items():
+        if key in CODEC_OPTIONS:
+            continue
         if key in ("clips", "test_clips"):
             value = (value,) if isinstance(value, str) else tuple(str(v) for v in (value or ()))
         elif key == "test_part":
@@ -104,23 +111,54 @@ def make_config(builder_cls, config: str | None, root: Path, options: dict | Non
     if name not in bases:
         raise DatasetError(f"{builder_cls.__name__}: unknown config {config!r}; expected one of {sorted(bases)}")
     base = bases[name]
-    fields = {k: getattr(base, k) for k in OPTIONS}
+    fields = {k: getattr(base, k) for k in OPTIONS + ("codec",)}
     fields.update(_normalized(dict(options or {})))
-    key = repr((base.name, base.scale, base.degradation, sorted(fields.items()), fingerprint(root)))
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    codec = fields.pop("codec")
+    key = (base.name, base.scale, base.degradation, sorted(fields.items()), fingerprint(root))
+    if codec is not None:  # only then: builds without a codec keep the names they had before it existed
+        key += (repr(codec),)
+    digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+    lq = f"; LQ compressed: {codec.describe()}" if codec is not None else ""
     return FootageConfig(name=config_name(f"{base.name}-{digest}", layout), scale=base.scale,
                          degradation=base.degradation, layout=layout,
-                         description=f"{base.description}; {root}; {fields}", source=str(root.resolve()), **fields)
+                         description=f"{base.description}{lq}; {root}; {fields}", source=str(root.resolve()),
+                         codec=codec, **fields)
 
 
-def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: str, noise: float) -> list[Clip]:
+class _CompressedClips:
+    """The compressed LQ of each source clip, encoded whole on its first frame's read (a part
+    of a clip is cut from its clip's stream, as from a real recording) and kept encoded for the
+    build; one clip's stream is decoded at a time."""
+
+    def __init__(self, degradation: str, noise: float, codec: Codec):
+        self.degradation, self.noise, self.codec = degradation, noise, codec
+        self.streams: dict[str, Stream] = {}
+        self.last: Stream | None = None
+
+    def frame(self, clip: FootageClip, i: int):
+        stream = self.streams.get(clip.name)
+        if stream is None:
+            stream = self.streams[clip.name] = clip.compressed_lq(self.degradation, self.noise, self.codec)
+        if self.last is not None and self.last is not stream:
+            self.last.close()
+        self.last = stream
+        return stream.frame(i)
+
+
+def _builder_clips(parts: list[tuple[str, FootageClip, int, int]], degradation: str, noise: float,
+                   compressed: _CompressedClips | None = None) -> list[Clip]:
     out = []
     for name, clip, lo, hi in parts:
         gt = [LazyFrame(partial(clip.gt_frame, i), clip.gt.describe(i)) for i in range(lo, hi)]
         if clip.lq is not None:
             lq = [LazyFrame(partial(clip.lq_frame, i), clip.lq.describe(i)) for i in range(lo, hi)]
-        elif noise:  # keyed by source clip and frame, as folder_clips makes it (decodes GT once more)
-            lq = [LazyFrame(partial(clip.made_lq_frame, i, degradation, noise),
+        elif compressed is not None:
+            lq = [LazyFrame(partial(compressed.frame, clip, i),
+                            f"{degradation} of {clip.gt.describe(i)}{f' + noise {noise:g}' if noise else ''}, "
+                            f"{compressed.codec.describe()}") for i in range(lo, hi)]
+        elif noise:  # keyed by source clip and frame, as folder_clips makes it, from GT read once more
+            own = clip.own_reader()  # in order: sharing the GT's reader would re-open a video at every frame
+            lq = [LazyFrame(partial(own.made_lq_frame, i, degradation, noise),
                             f"{degradation} of {clip.gt.describe(i)} + noise {noise:g}") for i in range(lo, hi)]
         else:
             lq = [None] * (hi - lo)  # the builder degrades the GT it has just decoded
@@ -136,8 +174,8 @@ class EdvrFootage(VideoRestorationBuilder):
 
     Configs: ``bi_x4`` (MATLAB bicubic) and ``bd_x4`` (Gaussian blur sigma 1.6 + decimation),
     each made specific to the folder and the options (``data.footage``: ``clips``,
-    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``, ``noise``) by
-    ``make_config``. Splits:
+    ``test_clips``, ``test_part``, ``gt_crop``, ``gt_resize``, ``min_frames``, ``noise``, and
+    the codec's ``codec``, ``crf``, ``preset``, ``gop``, ``crf_seed``) by ``make_config``. Splits:
     ``train``, and ``test`` = the clips named in ``test_clips``, or else the ``test_part``
     fraction of every clip (default: its last 10 %). The folder layout: ``edvr_jax.data.folders``.
     """
@@ -157,9 +195,11 @@ class EdvrFootage(VideoRestorationBuilder):
         cfg = self.builder_config
         root = self._footage_root(manual_dir)
         clips = find_clips(root, cfg.degradation, cfg.scale, cfg.gt_resize, cfg.clips or None, cfg.gt_crop)
-        check_noise(clips, cfg.noise)
+        check_made_lq(clips, cfg.noise, cfg.codec)
         splits = split_clips(clips, cfg.test_clips, cfg.test_part, cfg.min_frames)
         for split, parts in splits.items():
             log.info("%s/%s %s: %d clips, %d frames", self.name, cfg.name, split, len(parts),
                      sum(hi - lo for _, _, lo, hi in parts))
-        return {split: _builder_clips(parts, cfg.degradation, cfg.noise) for split, parts in splits.items()}
+        # One _CompressedClips for all splits: a clip split into parts is encoded once.
+        compressed = _CompressedClips(cfg.degradation, cfg.noise, cfg.codec) if cfg.codec is not None else None
+        return {split: _builder_clips(parts, cfg.degradation, cfg.noise, compressed) for split, parts in splits.items()}
