@@ -125,7 +125,7 @@ def evaluate() -> None:
     from tqdm import tqdm
 
     dataset, data_config, padding, crop_border = _DATASET.value, _DATA_CONFIG.value, _PADDING.value, _CROP_BORDER.value
-    data_dir, manual_dir, footage = _DATA_DIR.value, _MANUAL_DIR.value, None
+    data_dir, manual_dir, footage, layout = _DATA_DIR.value, _MANUAL_DIR.value, None, "tiles"
     # A training config supplies the defaults the flags leave open: --config's, or else the run's own.
     dc, defaults_from = (_CONFIG.value.data, "--config") if _CONFIG.value is not None else _run_data(_CHECKPOINT.value)
     if dc is not None:
@@ -137,6 +137,7 @@ def evaluate() -> None:
         data_dir, manual_dir = data_dir or dc.data_dir or None, manual_dir or dc.manual_dir or None
         footage = data.footage_options(dc.name, dc.get("footage"))
         padding = padding or dc.val_padding
+        layout = dc.get("layout") or "png"  # the run's own build (a run saved before layouts existed: PNG)
         crop_border = crop_border if given("crop_border") else dc.val_crop_border
     degradation = _DEGRADATION.value or ("bd" if (data_config or "").startswith("bd") else "bi")
     if degradation not in data.DEGRADATIONS:
@@ -158,7 +159,8 @@ def evaluate() -> None:
             footage = {**{k: v for k, v in made.items() if k not in _CODEC_FLAGS}, **codec_options(footage)}
         config = data_config or (None if name != "reds" and name != "demo" else
                                  ("deblur" if scale == 1 else "sr_x4"))
-        builder = data.load_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, footage=footage)
+        builder = data.load_builder(name, config=config, data_dir=data_dir, manual_dir=manual_dir, footage=footage,
+                                    layout=layout)
         reader = data.ClipReader(builder, split)
         if reader.scale != scale:
             raise UserError(f"the model restores x{scale} but {reader.name} is a x{reader.scale} dataset")
