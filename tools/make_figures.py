@@ -95,14 +95,14 @@ def crop_figure(run: Path, out: Path, data_dir: str | None, frame: int | None, c
     size = crop[2] if crop else 128
     top, left = crop[:2] if crop else detailed_window(gt, size)
     crop_rows = (slice(top, top + size), slice(left, left + size))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3), dpi=100)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.9), dpi=100)
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(img[crop_rows], interpolation="nearest")
-        ax.set_title(title + (f": {psnr(img, gt):.2f} dB" if img is not gt else ""), fontsize=9)
+        ax.set_title(title + (f"\n{psnr(img, gt):.2f} dB" if img is not gt else "\n"), fontsize=9)
         ax.axis("off")
     fig.suptitle(f"held-out {clip.name}, frame {f}, GT crop {size}x{size} at ({top}, {left}); PSNR of the whole "
                  f"{gt.shape[1]}x{gt.shape[0]} frame", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # below the suptitle
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return (f"{out}: {clip.name} frame {f}, crop ({top}, {left}, {size}); "
