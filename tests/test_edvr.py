@@ -280,6 +280,7 @@ def test_conv2d_init_schemes():
         Conv2d(8, init_scheme="he").init(key, x)
 
 
+@pytest.mark.heavy
 def test_conv_of_parts_and_per_clip_references():
     """``Conv2d`` on parts equals the conv of their concatenation (a per-clip part broadcast over its
     clip's frames); ``PCDAlignment`` with one reference per clip equals it with the reference repeated per

@@ -133,6 +133,49 @@ def test_metrics_jsonl_drops_rows_after_the_resumed_step(tmp_path):
     assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
+def test_tensorboard_events_are_tf_summarys_without_tensorflow(tmp_path):
+    """run_log's TensorBoardWriter writes what clu's SummaryWriter (tf.summary) writes for the same
+    scalars and images, as TensorBoard reads them back; importing and using it loads no TensorFlow."""
+    import subprocess
+    import sys
+
+    import io
+
+    from clu import metric_writers
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    rng = np.random.default_rng(0)
+    images = {"val/a (input | output | GT)": rng.integers(0, 256, (1, 12, 30, 3), np.uint8)}
+    for writer in (run_log.TensorBoardWriter(tmp_path / "ours"), metric_writers.SummaryWriter(str(tmp_path / "tf"))):
+        for step in (1, 2):
+            writer.write_scalars(step, {"train/loss": np.float32(0.25 * step), "perf/steps_per_s": 3.0 + step})
+        writer.write_images(2, images)
+        writer.close()
+    ours, tf = (EventAccumulator(str(tmp_path / d), size_guidance={"tensors": 0}).Reload() for d in ("ours", "tf"))
+    assert sorted(ours.Tags()["tensors"]) == sorted(tf.Tags()["tensors"]) == sorted(["train/loss", "perf/steps_per_s", *images])
+    for tag in ours.Tags()["tensors"]:
+        a, b = ours.Tensors(tag), tf.Tensors(tag)
+        assert [e.step for e in a] == [e.step for e in b]
+        assert ours.SummaryMetadata(tag) == tf.SummaryMetadata(tag)
+        for x, y in zip(a, b, strict=True):
+            x, y = make_ndarray(x.tensor_proto), make_ndarray(y.tensor_proto)
+            assert x.dtype == y.dtype and x.shape == y.shape
+            if tag in images:  # width, height, then PNGs (other encoders' bytes) of the same pixels
+                assert list(x[:2]) == list(y[:2]) == [b"30", b"12"]
+                decode = lambda png: np.asarray(Image.open(io.BytesIO(png)))  # noqa: E731
+                np.testing.assert_array_equal(decode(x[2]), images[tag][0])
+                np.testing.assert_array_equal(decode(y[2]), images[tag][0])
+            else:
+                assert x == y
+    code = ("import sys; from edvr_jax import run_log; import numpy as np; w = run_log.create_writer(sys.argv[1], True); "
+            "w.write_scalars(1, {'a': 1.0}); w.write_images(1, {'b': np.zeros((1, 4, 4, 3), np.uint8)}); w.close(); "
+            "assert 'tensorflow' not in sys.modules, 'imported tensorflow'")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 # --- the train step on device meshes ------------------------------------------------------------
 
 def _run_steps(cfg, devices, data, fsdp, batches):

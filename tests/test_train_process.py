@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from conftest import TINY, TINY_ARG
 
 from edvr_jax import run_log, weights
@@ -51,6 +52,7 @@ def _wait_for(predicate, proc, what, timeout=300):
         time.sleep(0.02)
 
 
+@pytest.mark.heavy
 def test_sigkill_then_resume_is_bitwise_equal(reference_run, data_dir, tmp_path):
     assert len(jax.devices()) == 8  # the train.py processes see the same 8 host devices
     workdir = tmp_path / "killed"
@@ -68,6 +70,7 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, data_dir, tmp_path)
     assert [r["step"] for r in run_log.read_jsonl(workdir / "metrics.jsonl")] == list(range(1, 13))
 
 
+@pytest.mark.heavy
 def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "term"
     proc = subprocess.Popen(_cmd(workdir, data_dir, "--config.total_steps=100000", "--config.checkpoint.every=1000"),
@@ -86,6 +89,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one(reference_run, data_dir, tmp_path):
     """Two hosts of four devices each (one global mesh of 8) against the one-host run of 8."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "--xla_force_host_platform_device_count=4",

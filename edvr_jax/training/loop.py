@@ -158,7 +158,7 @@ def _train(cfg, workdir: Path, devices, progress: bool, lead: bool) -> dict:
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"]))
     log.info("%s. EDVR(%s), %d parameters; mesh %s; global batch %d; steps %d -> %d", how, dict(cfg.model),
              n_params, dict(mesh.shape), cfg.batch_size, step, cfg.total_steps)
-    from edvr_jax import run_log  # TensorBoard through TensorFlow: imported once the data is open
+    from edvr_jax import run_log
 
     metrics_log = _MetricsLog(run_log.create_writer(workdir, lead, resume_step=step), cfg, step)
     validate = Validator(model, val_reader, mesh, cfg) if val_reader is not None else None
