@@ -10,6 +10,7 @@ import sys
 import textwrap
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -225,13 +226,18 @@ def _write_frames(folder: Path, frames: np.ndarray) -> None:
         Image.fromarray(f).save(folder / f"{i:05d}.png")
 
 
-def _restore(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edvr_jax.restore", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+def _restore(capsys, *args) -> SimpleNamespace:
+    """``python -m edvr_jax.restore ARGS``, run in this process (its exit status and output)."""
+    from edvr_jax.restore import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=status, stdout=out, stderr=err)
 
 
 @pytest.mark.heavy
-def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path):
+def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path, capsys):
     """A video in, frames out, and frames in, a video out, through the CLI: the frames are the
     whole-clip restore's (tiled too); a video too short for the window is refused before anything
     is written."""
@@ -241,15 +247,15 @@ def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path):
     frames = (rng.random((8, 16, 24, 3)) * 255).astype(np.uint8)
     _write_video(tmp_path / "in.mp4", frames)
     decoded = read_clip(tmp_path / "in.mp4")[0]  # PyAV's decoding of it, the restorer's input
-    proc = _restore(tmp_path / "in.mp4", tmp_path / "out", "--checkpoint", ckpt, "--tile", "8", "--tile_overlap", "4",
-                    "--batch_size", "3")
+    proc = _restore(capsys, tmp_path / "in.mp4", tmp_path / "out", "--checkpoint", ckpt, "--tile", "8",
+                    "--tile_overlap", "4", "--batch_size", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, names, _ = read_clip(tmp_path / "out")
     assert names == [f"{i:08d}" for i in range(8)]
     np.testing.assert_array_equal(out, whole_clip_restore(Restorer(model, params, tile=8, tile_overlap=4, batch_size=3),
                                                           decoded))
     _write_frames(tmp_path / "in", frames)
-    proc = _restore(tmp_path / "in", tmp_path / "o.mp4", "--checkpoint", ckpt, "--batch_size", "2", "--fps", "12")
+    proc = _restore(capsys, tmp_path / "in", tmp_path / "o.mp4", "--checkpoint", ckpt, "--batch_size", "2", "--fps", "12")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "restored 8 frames 24x16 -> x4" in proc.stdout
     video, _, fps = read_clip(tmp_path / "o.mp4")
@@ -261,7 +267,7 @@ def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path):
     reference.close(ok=True)
     np.testing.assert_array_equal(video, read_clip(tmp_path / "reference.mp4")[0])
     _write_video(tmp_path / "short.mp4", frames[:4])  # its length is unknown until decoded
-    proc = _restore(tmp_path / "short.mp4", tmp_path / "s.mp4", "--checkpoint", ckpt)
+    proc = _restore(capsys, tmp_path / "short.mp4", tmp_path / "s.mp4", "--checkpoint", ckpt)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'short.mp4'} has 4 frames, fewer than the "
                                                    f"model's 5-frame window")
