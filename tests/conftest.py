@@ -140,3 +140,16 @@ def reference_run(data_dir, shared_tmp):
         if first:
             training.train(tiny_config(data_dir), workdir)
     return workdir
+
+
+def restore_cli(capsys, *args):
+    """``python -m edvr_jax.restore ARGS`` run in this process: ``(exit status, stdout, stderr)``
+    as ``returncode`` / ``stdout`` / ``stderr`` (no interpreter, imports and compiles per call)."""
+    from types import SimpleNamespace
+
+    from edvr_jax.restore import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=status, stdout=out, stderr=err)

@@ -9,10 +9,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import restore_cli
 from golden_weights import synthetic_variables
 from PIL import Image
 
-from edvr_jax import EDVR, Restorer, load
+from edvr_jax import Restorer, load
 from edvr_jax.scoring import baseline
 from edvr_jax.export import export_params, export_safetensors
 from edvr_jax.media import InputError, Writer, read_clip, to_uint8
@@ -302,15 +303,14 @@ def _write_frames(folder: Path, frames: np.ndarray):
 
 
 @pytest.mark.heavy
-def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
+def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path, capsys):
     import av
 
     model, params = tiny
     frames = (np.random.default_rng(7).random((6, 22, 30, 3)) * 255).astype(np.uint8)
     _write_frames(tmp_path / "in", frames)
-    cmd = [sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "in"), str(tmp_path / "out"),
-           "--checkpoint", str(exported / "params"), "--tile", "16", "--batch-size", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = restore_cli(capsys, tmp_path / "in", tmp_path / "out", "--checkpoint", exported / "params", "--tile", "16",
+                       "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, names, _ = read_clip(tmp_path / "out")
     assert names == [f"{i:05d}" for i in range(6)] and out.shape == (6, 88, 120, 3)
@@ -333,8 +333,7 @@ def test_restore_cli_on_frames_and_video(tiny, exported, tmp_path):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
-    proc = subprocess.run([sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "in.mp4"), str(tmp_path / "o.mp4"),
-                           "--checkpoint", str(exported / "params")], capture_output=True, text=True, cwd=ROOT)
+    proc = restore_cli(capsys, tmp_path / "in.mp4", tmp_path / "o.mp4", "--checkpoint", exported / "params")
     assert proc.returncode == 0, proc.stderr[-2000:]
     video, _, fps = read_clip(tmp_path / "o.mp4")
     assert video.shape == (6, 96, 128, 3) and fps == pytest.approx(10)
@@ -422,7 +421,7 @@ def test_eval_cli_on_a_train_run_uses_the_runs_own_dataset(reference_run, demo_b
 
 # --- bad input ---------------------------------------------------------------------------------
 
-def test_bad_inputs_give_clear_errors(tiny, exported, tmp_path):
+def test_bad_inputs_give_clear_errors(tiny, exported, tmp_path, capsys):
     model, params = tiny
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(tmp_path / "nope")
@@ -447,8 +446,7 @@ def test_bad_inputs_give_clear_errors(tiny, exported, tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "short" / "00009.png")
     with pytest.raises(InputError, match="00009.png is a 'L' image; expected 8-bit RGB"):
         read_clip(tmp_path / "short")
-    proc = subprocess.run([sys.executable, "-m", "edvr_jax.restore", str(tmp_path / "short"), str(tmp_path / "o"),
-                           "--checkpoint", str(exported / "params")], capture_output=True, text=True, cwd=ROOT)
+    proc = restore_cli(capsys, tmp_path / "short", tmp_path / "o", "--checkpoint", exported / "params")
     assert proc.returncode == 2 and "'L' image" in proc.stderr and not (tmp_path / "o").exists()
     # A run that fails half-way leaves its frames under .partial, never at the output path.
     w = Writer(tmp_path / "half")

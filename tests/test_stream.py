@@ -10,11 +10,10 @@ import sys
 import textwrap
 import weakref
 from pathlib import Path
-from types import SimpleNamespace
 
-import jax
 import numpy as np
 import pytest
+from conftest import restore_cli
 from golden_weights import synthetic_variables
 from PIL import Image
 
@@ -226,14 +225,6 @@ def _write_frames(folder: Path, frames: np.ndarray) -> None:
         Image.fromarray(f).save(folder / f"{i:05d}.png")
 
 
-def _restore(capsys, *args) -> SimpleNamespace:
-    """``python -m edvr_jax.restore ARGS``, run in this process (its exit status and output)."""
-    from edvr_jax.restore import main
-
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return SimpleNamespace(returncode=status, stdout=out, stderr=err)
 
 
 @pytest.mark.heavy
@@ -247,7 +238,7 @@ def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path, ca
     frames = (rng.random((8, 16, 24, 3)) * 255).astype(np.uint8)
     _write_video(tmp_path / "in.mp4", frames)
     decoded = read_clip(tmp_path / "in.mp4")[0]  # PyAV's decoding of it, the restorer's input
-    proc = _restore(capsys, tmp_path / "in.mp4", tmp_path / "out", "--checkpoint", ckpt, "--tile", "8",
+    proc = restore_cli(capsys, tmp_path / "in.mp4", tmp_path / "out", "--checkpoint", ckpt, "--tile", "8",
                     "--tile_overlap", "4", "--batch_size", "3")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out, names, _ = read_clip(tmp_path / "out")
@@ -255,7 +246,7 @@ def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path, ca
     np.testing.assert_array_equal(out, whole_clip_restore(Restorer(model, params, tile=8, tile_overlap=4, batch_size=3),
                                                           decoded))
     _write_frames(tmp_path / "in", frames)
-    proc = _restore(capsys, tmp_path / "in", tmp_path / "o.mp4", "--checkpoint", ckpt, "--batch_size", "2", "--fps", "12")
+    proc = restore_cli(capsys, tmp_path / "in", tmp_path / "o.mp4", "--checkpoint", ckpt, "--batch_size", "2", "--fps", "12")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "restored 8 frames 24x16 -> x4" in proc.stdout
     video, _, fps = read_clip(tmp_path / "o.mp4")
@@ -267,7 +258,7 @@ def test_restore_cli_streams_videos_and_folders_bit_for_bit(models, tmp_path, ca
     reference.close(ok=True)
     np.testing.assert_array_equal(video, read_clip(tmp_path / "reference.mp4")[0])
     _write_video(tmp_path / "short.mp4", frames[:4])  # its length is unknown until decoded
-    proc = _restore(capsys, tmp_path / "short.mp4", tmp_path / "s.mp4", "--checkpoint", ckpt)
+    proc = restore_cli(capsys, tmp_path / "short.mp4", tmp_path / "s.mp4", "--checkpoint", ckpt)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'short.mp4'} has 4 frames, fewer than the "
                                                    f"model's 5-frame window")
