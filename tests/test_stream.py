@@ -357,3 +357,33 @@ def test_a_long_video_restores_in_memory_independent_of_its_length(tmp_path):
     assert len(read_clip(tmp_path / "long_out.mp4")[0]) == 300
     assert peak["streamed"] - peak["warm"] < 12, peak
     assert peak["whole"] - peak["streamed"] > 12, peak  # the bound is one that whole-clip loading breaks
+
+
+WRITER_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from edvr_jax.media import Writer
+
+    def peak_mib():
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+
+    frame = (np.random.default_rng(0).random((720, 1280, 3)) * 255).astype(np.uint8)
+    writer, peaks = Writer(sys.argv[1], fps=25), {}
+    for i in range(48):
+        writer.write(np.roll(frame, 8 * i, axis=1), str(i))
+        peaks[i + 1] = peak_mib()
+    writer.close(ok=True)
+    print(peaks[16], peaks[48])
+""")
+
+
+def test_the_video_writer_holds_a_few_frames_not_the_encoders_default_lookahead(tmp_path):
+    """Writing 1280x720 frames to an mp4, the process's peak RSS stops growing within 16 frames:
+    x264's default lookahead (40 frames, plus B-frames and threads) held ~5 MiB a frame up to
+    the 48th, which at a x4 output of 720p is ~3.7 GiB."""
+    proc = subprocess.run([sys.executable, "-c", WRITER_PROBE, str(tmp_path / "o.mp4")], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    at16, at48 = map(float, proc.stdout.split())
+    assert at48 - at16 < 16, (at16, at48)
+    assert len(read_clip(tmp_path / "o.mp4")[0]) == 48
