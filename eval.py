@@ -118,6 +118,7 @@ def main(argv):
 
 def evaluate() -> None:
     from edvr_jax import data, scoring
+    from edvr_jax.data.layout import DEFAULT_LAYOUT
     from edvr_jax.inference import load
 
     if not _CHECKPOINT.value:
@@ -125,7 +126,7 @@ def evaluate() -> None:
     from tqdm import tqdm
 
     dataset, data_config, padding, crop_border = _DATASET.value, _DATA_CONFIG.value, _PADDING.value, _CROP_BORDER.value
-    data_dir, manual_dir, footage, layout = _DATA_DIR.value, _MANUAL_DIR.value, None, "tiles"
+    data_dir, manual_dir, footage, layout = _DATA_DIR.value, _MANUAL_DIR.value, None, DEFAULT_LAYOUT
     # A training config supplies the defaults the flags leave open: --config's, or else the run's own.
     dc, defaults_from = (_CONFIG.value.data, "--config") if _CONFIG.value is not None else _run_data(_CHECKPOINT.value)
     if dc is not None:
