@@ -1,8 +1,10 @@
 """The training input pipeline on REDS-size samples from real frames: clips per second of
-``train_loader`` for the tile and the PNG layout, in this process (``worker_count=0``, one core)
-and with 2 worker processes, and BasicSR 1.4.2's ``REDSDataset`` (disk backend, one process, one
-thread) on the same frames, interleaved in one run; then the cores one accelerator needs, and a
-profile of the tile layout's sample path.
+``train_loader`` for the tile and the PNG layout on one core (this process, every thread pinned to
+one CPU) and with 2 worker processes, beside two one-core loaders running side by side (what two
+cores do with no hand-off between processes: the machine's own ceiling for two workers), and
+BasicSR 1.4.2's ``REDSDataset`` (disk backend, one process, one thread) on the same frames,
+interleaved in one run; then the cores one accelerator needs, and a profile of the tile layout's
+sample path.
 
     python -m benchmarks.run pipeline [--quick] [--basicsr-src DIR]
 
@@ -11,17 +13,19 @@ temporary folder: four 100-frame clips (windows of the video starting at frames 
 ``REDSDataset`` assumes 100-frame clips) as ``train_sharp/001..003`` and ``val_sharp/000`` (clip
 240), their 180x320 LQ made by the project's MATLAB bicubic, and the four REDS4 clips (5 frames
 each, not sampled). Samples as the official recipe draws them: 5 frames, GT crop 256, flips and
-rotations; batch 8. ``DIR``: BasicSR 1.4.2's source (``python -m tools.basicsr_source``); with it,
-torch and OpenCV installed (``pip install torch==2.13.0 opencv-python-headless``), ``REDSDataset``
-runs beside ours. One-core figures are clips per CPU-second of the loading process, which is what
-an idle core does even when the machine is shared; the 2-worker figures are wall clips/s.
+rotations; batch 32 (the recipe's global batch, one host's share on one host). ``DIR``: BasicSR
+1.4.2's source (``python -m tools.basicsr_source``); with it, torch and OpenCV installed
+(``pip install torch==2.13.0 opencv-python-headless``), ``REDSDataset`` runs beside ours. Figures
+are wall clips/s; with the CPU time of the measuring process beside them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import dataclasses
 import io
+import multiprocessing
 import os
 import pstats
 import shutil
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -105,7 +110,7 @@ def _basicsr_batches(src: Path, root: Path, batch: int):
 def _rate(it, batch: int, seconds: float) -> tuple[float, float]:
     """Clips per second of wall time and per second of this process's CPU time, over at least 3
     batches and ``seconds``, after two batches (worker start-up, first reads, the workers' first
-    buffered batches). On a shared machine the second is what one idle core would do."""
+    buffered batches)."""
     next(it)
     next(it)
     n, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -113,6 +118,66 @@ def _rate(it, batch: int, seconds: float) -> tuple[float, float]:
         next(it)
         n += 1
     return n * batch / (time.perf_counter() - start), n * batch / (time.process_time() - cpu)
+
+
+@contextlib.contextmanager
+def _one_core(cpu: int):
+    """Every thread of this process (and any it starts meanwhile) on CPU ``cpu``; then back."""
+    threads = lambda: [int(t) for t in os.listdir("/proc/self/task")]  # noqa: E731
+    before = os.sched_getaffinity(0)
+    for t in threads():
+        os.sched_setaffinity(t, {cpu})
+    try:
+        yield
+    finally:
+        for t in threads():
+            try:
+                os.sched_setaffinity(t, before)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
+
+
+def _one_core_rate(make, batch: int, seconds: float, cpu: int) -> tuple[float, float]:
+    with _one_core(cpu):
+        it = make()
+        try:
+            return _rate(it, batch, seconds)
+        finally:
+            close = getattr(it, "close", None)
+            if close:
+                close()
+
+
+def _side_by_side_child(conn, make, batch: int, seconds: float, cpu: int) -> None:
+    conn.send(_one_core_rate(make, batch, seconds, cpu))
+
+
+def _side_by_side(make, batch: int, seconds: float) -> tuple[float, float]:
+    """Two one-core loaders at once, in two processes pinned to CPUs 0 and 1: their summed wall
+    clips/s (and the mean per CPU-second)."""
+    ctx = multiprocessing.get_context("spawn")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    procs = [ctx.Process(target=_side_by_side_child, args=(w, make, batch, seconds, cpu))
+             for cpu, (_, w) in enumerate(pipes)]
+    for p in procs:
+        p.start()
+    rates = [r.recv() for r, _ in pipes]
+    for p in procs:
+        p.join()
+    return sum(r[0] for r in rates), statistics.mean(r[1] for r in rates)
+
+
+class _Loader:
+    """A picklable ``train_loader`` maker (the side-by-side processes build their own)."""
+
+    def __init__(self, reader, spec, batch: int, workers: int):
+        self.args = reader, spec, batch, workers
+
+    def __call__(self):
+        from edvr_jax.data import train_loader
+
+        reader, spec, batch, workers = self.args
+        return iter(train_loader(reader, spec, batch, seed=0, worker_count=workers))
 
 
 def _profile(reader, spec, batch: int, n: int) -> str:
@@ -139,7 +204,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
     """See the module docstring. ``results.add(bench, **row)`` records each row."""
     import tensorflow_datasets as tfds
 
-    from edvr_jax.data import ClipReader, EdvrReds, WindowSpec, train_loader
+    from edvr_jax.data import ClipReader, EdvrReds, WindowSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="edvr_pipeline_"))
     try:
@@ -160,52 +225,64 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
             disk[layout] = _disk(builder) / frames
             print(f"{layout} build: {time.perf_counter() - start:.0f} s, {disk[layout] / 2**20:.2f} MiB per frame")
         spec = WindowSpec(num_frame=5, gt_size=256)
-        batch, seconds, rounds = 8, (3.0 if quick else 8.0), (1 if quick else 3)
-        variants = {f"{layout}, {w} workers": (lambda layout=layout, w=w: iter(
-            train_loader(readers[layout], spec, batch, seed=0, worker_count=w))) for w in (0, 2)
-            for layout in readers if w == 0 or layout != "tiles128"}
+        batch, seconds, rounds = 32, (3.0 if quick else 8.0), (1 if quick else 3)
+        cpus = sorted(os.sched_getaffinity(0))
+        # name -> (how it is measured, the loader maker)
+        variants: dict[str, tuple[str, Callable]] = {}
+        for layout in readers:
+            variants[f"{layout}, one core"] = ("one core", _Loader(readers[layout], spec, batch, 0))
+        for layout in ("tiles", "png"):
+            if len(cpus) < 2:
+                print("2 workers and side by side skipped: this process may use one CPU")
+                break
+            variants[f"{layout}, 2 workers"] = ("workers", _Loader(readers[layout], spec, batch, 2))
+            variants[f"{layout}, two one-core loaders side by side"] = ("side by side",
+                                                                         _Loader(readers[layout], spec, batch, 0))
         if basicsr_src:
             try:
                 import cv2  # noqa: F401
                 import torch  # noqa: F401
-                variants["BasicSR REDSDataset, 0 workers"] = lambda: _basicsr_batches(Path(basicsr_src), tmp / "reds",
-                                                                                       batch)
+                variants["BasicSR REDSDataset, one core"] = ("one core", lambda: _basicsr_batches(
+                    Path(basicsr_src), tmp / "reds", batch))
             except ImportError as e:
                 print(f"BasicSR's REDSDataset skipped: {e} (pip install torch==2.13.0 opencv-python-headless)")
         else:
             print("BasicSR's REDSDataset skipped: pass --basicsr-src (python -m tools.basicsr_source)")
         rates: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
         for r in range(rounds):  # interleaved: the machine's load changes during the run
-            for name, make in variants.items():
-                it = make()
-                rates[name].append(_rate(it, batch, seconds))
-                del it
+            for name, (how, make) in variants.items():
+                if how == "one core":
+                    rates[name].append(_one_core_rate(make, batch, seconds, cpus[0]))
+                elif how == "side by side":
+                    rates[name].append(_side_by_side(make, batch, seconds))
+                else:
+                    it = make()
+                    rates[name].append(_rate(it, batch, seconds))
+                    it.close()
                 wall, cpu = rates[name][-1]
-                print(f"round {r + 1}: {name:32} {wall:8.1f} clips/s, {cpu:8.1f} per CPU-second of this process",
-                      flush=True)
-        # One core: clips per CPU-second (the in-process variants; the machine may be shared). Two
-        # workers: wall clips/s (their CPU time is in the workers).
-        summary = {k: statistics.median(r[1 if "0 workers" in k else 0] for r in v) for k, v in rates.items()}
+                print(f"round {r + 1}: {name:44} {wall:8.1f} clips/s, {cpu:8.1f} per CPU-second of the loading "
+                      f"process{'es' if how == 'side by side' else ''}", flush=True)
         wall = {k: statistics.median(r[0] for r in v) for k, v in rates.items()}
-        print(f"\n{'loader (batch 8, 5 frames, GT 256)':36} {'one core':>9} {'wall':>8} {'cores per H200':>15}")
         need = STEP_BATCH / STEP_S
-        for name, rate in summary.items():
-            one_core = "0 workers" in name
-            print(f"{name:36} {rate if one_core else float('nan'):9.1f} {wall[name]:8.1f} "
-                  f"{need / rate if one_core else float('nan'):15.1f}")
-            results.add("pipeline", loader=name, clips_per_cpu_s=rate if one_core else None, clips_per_s=wall[name],
-                        rounds=rates[name], batch=batch, num_frame=5, gt_size=256,
-                        cores_per_h200=need / rate if one_core else None,
+        print(f"\n{f'loader (batch {batch}, 5 frames, GT 256)':44} {'clips/s':>9} {'cores per H200':>15}")
+        for name, rate in wall.items():
+            one_core = variants[name][0] == "one core"
+            print(f"{name:44} {rate:9.1f} {need / rate if one_core else float('nan'):15.1f}")
+            results.add("pipeline", loader=name, clips_per_s=rate, rounds=rates[name], batch=batch, num_frame=5,
+                        gt_size=256, cores_per_h200=need / rate if one_core else None,
                         disk_bytes_per_frame=disk.get(name.split(",")[0]))
-        base = summary.get("BasicSR REDSDataset, 0 workers")
+        base = wall.get("BasicSR REDSDataset, one core")
         if base:
-            print(f"one core, per CPU-second: tiles / BasicSR {summary['tiles, 0 workers'] / base:.1f}x; "
-                  f"PNG / BasicSR {summary['png, 0 workers'] / base:.2f}x")
-        print(f"2 workers / 0 workers, wall: tiles {wall['tiles, 2 workers'] / wall['tiles, 0 workers']:.2f}x, "
-              f"PNG {wall['png, 2 workers'] / wall['png, 0 workers']:.2f}x (needs 2 idle cores to mean anything)")
+            print(f"one core: tiles / BasicSR {wall['tiles, one core'] / base:.1f}x; "
+                  f"PNG / BasicSR {wall['png, one core'] / base:.2f}x")
+        for layout in ("tiles", "png"):
+            if f"{layout}, 2 workers" in wall:
+                one = wall[f"{layout}, one core"]
+                print(f"{layout}: 2 workers {wall[f'{layout}, 2 workers'] / one:.2f}x one core; two one-core loaders "
+                      f"side by side {wall[f'{layout}, two one-core loaders side by side'] / one:.2f}x")
         print(f"one H200 (EDVR-M, batch {STEP_BATCH}, {STEP_S * 1e3:.0f} ms/step) consumes {need:.0f} clips/s")
         print("\nprofile of the tile layout's samples, one core:\n" + _profile(readers["tiles"], spec, batch, 12))
-        return summary
+        return wall
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

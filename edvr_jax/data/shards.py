@@ -131,27 +131,18 @@ class Records:
         return self._readers[shard]
 
     def read(self, indices: Sequence[int]) -> list[bytes]:
-        """The serialized records at ``indices`` (in that order)."""
-        by_shard: dict[int, list[int]] = {}
-        for k, i in enumerate(indices):
-            by_shard.setdefault(bisect.bisect_right(self._ends, i), []).append(k)
-        out: list = [None] * len(indices)
-        for shard, ks in by_shard.items():
-            start = self._ends[shard - 1] if shard else 0
-            local = [indices[k] - start for k in ks]
-            try:
-                records = self._reader(shard).read(local)
-            except Exception:  # noqa: BLE001  find the record that fails, for the message
-                records = [self._read_one(shard, j, start) for j in local]
-            for k, r in zip(ks, records):
-                out[k] = r
-        return out
+        """The serialized records at ``indices`` (in that order), read one by one in this thread:
+        array_record's list read fans out to its thread pool and costs twice the CPU time per
+        record (benchmarks/README.md), which worker processes would pay over and over."""
+        return [self._read_one(i) for i in indices]
 
-    def _read_one(self, shard: int, local: int, start: int) -> bytes:
+    def _read_one(self, index: int) -> bytes:
+        shard = bisect.bisect_right(self._ends, index)
+        local = index - (self._ends[shard - 1] if shard else 0)
         try:
             return self._reader(shard).read([local])[0]
         except Exception as e:  # noqa: BLE001  riegeli: RuntimeError "Corrupted ... hash mismatch", ...
-            raise DatasetError(f"dataset {self.name}: record {start + local} (record {local} of shard "
+            raise DatasetError(f"dataset {self.name}: record {index} (record {local} of shard "
                                f"{self.paths[shard]}) cannot be read: {_first_line(e)}; {self.hint}") from None
 
 
