@@ -158,6 +158,47 @@ def test_tiles_and_png_give_todays_batches_bit_for_bit(builds):
             np.testing.assert_array_equal(on_device[key].view(np.uint32), old[key].view(np.uint32))
 
 
+def test_worker_batches_are_made_in_shared_memory_and_freed_on_error(builds, monkeypatch):
+    """In a Grain worker a batch is made in shared memory (Grain then passes it by name, not by a
+    copy), with the same values; a sample that fails leaves no shared memory behind."""
+    spec = WindowSpec(num_frame=3, gt_size=24)
+    reader = ClipReader(builds["tiles"], "train")
+    rows = pipeline._BatchPlan("", pipeline._centers(reader, spec), 4, 5, None)[0]
+    load = pipeline._LoadBatch(reader, spec, 5)
+    plain = load.map(rows)
+    made = []
+
+    def batch_array(shape):
+        a = grain.SharedMemoryArray(shape, np.uint8)
+        made.append(Path("/dev/shm") / a.shm.name.lstrip("/"))
+        return a
+
+    monkeypatch.setattr(pipeline, "_shared_memory_batches", True)  # as _in_worker_process sets it
+    monkeypatch.setattr(pipeline, "_batch_array", batch_array)
+    shared = load.map(rows)
+    for key in ("lq", "gt"):
+        assert isinstance(shared[key], grain.SharedMemoryArray)
+        np.testing.assert_array_equal(shared[key], plain[key])
+        shared[key].unlink_on_del()  # what the training process does with a batch it received
+    del shared
+    sample, calls = load.sample, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise DatasetError("damaged record")
+        return sample(*args)
+
+    monkeypatch.setattr(load, "sample", failing)
+    with pytest.raises(DatasetError, match="damaged record"):
+        load.map(rows)
+    assert len(made) == 4
+    deadline = time.monotonic() + 10  # Grain may unlink on a background thread
+    while any(p.exists() for p in made) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(p.exists() for p in made), [p for p in made if p.exists()]
+
+
 def test_device_conversion_is_numpys_division_for_every_value():
     u = np.arange(256, dtype=np.uint8)
     host = u.astype(np.float32) / np.float32(255)
