@@ -338,14 +338,15 @@ MEMORY_PROBE = textwrap.dedent("""
 @pytest.mark.heavy
 def test_a_long_video_restores_in_memory_independent_of_its_length(tmp_path):
     """The restore CLI's loop (``restore_clip``: video in, video out) with a tiny HR-input EDVR:
-    300 frames of 96x64 raise the process's peak RSS by less than 12 MiB over restoring 60 of
+    600 frames of 96x64 raise the process's peak RSS by less than 24 MiB over restoring 60 of
     them; holding the clip whole, in uint8 and float32 as the restore did before streaming
-    (26 MiB), raises it by more than that."""
+    (53 MiB), raises it by more than that. (Peak RSS moves by up to ~12 MiB between runs under
+    load, whatever the length: 300 frames and a 12 MiB bound failed once in CI.)"""
     model = EDVR(**SMALL, hr_in=True, with_predeblur=True)
     ckpt = _save(model, synthetic_variables(model, seed=7)["params"], tmp_path / "w")
     y, x = np.mgrid[0:64, 0:96]
     frames = np.stack([(128 + 100 * np.sin((x + 2 * t) / 9.0 + y / 13.0))[..., None] * [1.0, 0.7, 0.4]
-                       for t in range(300)]).astype(np.uint8)
+                       for t in range(600)]).astype(np.uint8)
     _write_video(tmp_path / "long.mp4", frames, fps=25)
     _write_video(tmp_path / "short.mp4", frames[:60], fps=25)
     proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ckpt), str(tmp_path / "short.mp4"),
@@ -353,10 +354,10 @@ def test_a_long_video_restores_in_memory_independent_of_its_length(tmp_path):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     peak = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert "restored 300 frames 96x64 -> x1" in proc.stdout
-    assert len(read_clip(tmp_path / "long_out.mp4")[0]) == 300
-    assert peak["streamed"] - peak["warm"] < 12, peak
-    assert peak["whole"] - peak["streamed"] > 12, peak  # the bound is one that whole-clip loading breaks
+    assert "restored 600 frames 96x64 -> x1" in proc.stdout
+    assert len(read_clip(tmp_path / "long_out.mp4")[0]) == 600
+    assert peak["streamed"] - peak["warm"] < 24, peak
+    assert peak["whole"] - peak["streamed"] > 24, peak  # the bound is one that whole-clip loading breaks
 
 
 WRITER_PROBE = textwrap.dedent("""
