@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 from edvr_jax.data import (ClipReader, DatasetError, EdvrReds, TileGrid, WindowSpec, eval_clips, load_builder,
                            train_loader)
 from edvr_jax.data import convert as convert_cli
-from edvr_jax.data import pipeline, shards
+from edvr_jax.data import handoff, pipeline, shards
 from edvr_jax.data.layout import config_name
 from edvr_jax.training.step import batch_to_float, to_float
 
@@ -158,45 +159,55 @@ def test_tiles_and_png_give_todays_batches_bit_for_bit(builds):
             np.testing.assert_array_equal(on_device[key].view(np.uint32), old[key].view(np.uint32))
 
 
-def test_worker_batches_are_made_in_shared_memory_and_freed_on_error(builds, monkeypatch):
-    """In a Grain worker a batch is made in shared memory (Grain then passes it by name, not by a
-    copy), with the same values; a sample that fails leaves no shared memory behind."""
+def test_batch_rings_hand_over_copies_and_reuse_a_slot_only_once_given_back():
+    """The training process's and a worker's side of one ring, in one process: the batch taken is a
+    copy of the slot; the worker waits for a slot to come back before it writes it again; closing
+    removes the segments and the FIFOs."""
+    rings = handoff.Rings(2, 3, {"lq": (2, 3, 4, 4, 3), "gt": (2, 16, 16, 3)})
+    worker = handoff.WorkerRing(rings.spec, 1)
+    batches = []
+    for m in range(3):  # the whole ring, without waiting
+        slot, out = worker.next_slot()
+        assert slot == m
+        for key, a in out.items():
+            a[...] = np.random.default_rng([m, len(key)]).integers(0, 256, a.shape, np.uint8)
+        batches.append({k: v.copy() for k, v in out.items()})
+    waited = []
+    thread = threading.Thread(target=lambda: waited.append(worker.next_slot()[0]))
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and not waited  # slot 0 is still the training process's
+    got = rings.take({"worker": 1, "slot": 0})
+    thread.join(5)
+    assert waited == [0]
+    for key in ("lq", "gt"):
+        np.testing.assert_array_equal(got[key], batches[0][key])
+        assert not np.shares_memory(got[key], worker._views[0][key])
+    worker._views[0]["gt"][...] = 7  # the worker writes slot 0 again: the batch taken stays as it was
+    np.testing.assert_array_equal(got["gt"], batches[0]["gt"])
+    np.testing.assert_array_equal(rings.take({"worker": 1, "slot": 1})["lq"], batches[1]["lq"])
+    names = [Path("/dev/shm") / n.lstrip("/") for ring in rings.spec.segments for n in ring]
+    assert all(p.exists() for p in names) and len(names) == 6
+    rings.wake_workers()
+    rings.close()
+    assert not any(p.exists() for p in names) and not any(map(os.path.exists, rings.spec.fifos))
+
+
+def test_workers_hand_batches_over_through_their_rings_and_leave_nothing(builds):
+    """With 2 workers the batches arrive through the rings (the same as in-process, bit for bit) and
+    closing the loader removes the rings' shared memory."""
     spec = WindowSpec(num_frame=3, gt_size=24)
     reader = ClipReader(builds["tiles"], "train")
-    rows = pipeline._BatchPlan("", pipeline._centers(reader, spec), 4, 5, None)[0]
-    load = pipeline._LoadBatch(reader, spec, 5)
-    plain = load.map(rows)
-    made = []
-
-    def batch_array(shape):
-        a = grain.SharedMemoryArray(shape, np.uint8)
-        made.append(Path("/dev/shm") / a.shm.name.lstrip("/"))
-        return a
-
-    monkeypatch.setattr(pipeline, "_shared_memory_batches", True)  # as _in_worker_process sets it
-    monkeypatch.setattr(pipeline, "_batch_array", batch_array)
-    shared = load.map(rows)
-    for key in ("lq", "gt"):
-        assert isinstance(shared[key], grain.SharedMemoryArray)
-        np.testing.assert_array_equal(shared[key], plain[key])
-        shared[key].unlink_on_del()  # what the training process does with a batch it received
-    del shared
-    sample, calls = load.sample, []
-
-    def failing(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise DatasetError("damaged record")
-        return sample(*args)
-
-    monkeypatch.setattr(load, "sample", failing)
-    with pytest.raises(DatasetError, match="damaged record"):
-        load.map(rows)
-    assert len(made) == 4
-    deadline = time.monotonic() + 10  # Grain may unlink on a background thread
-    while any(p.exists() for p in made) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(p.exists() for p in made), [p for p in made if p.exists()]
+    inproc = iter(train_loader(reader, spec, 2, seed=3))
+    it = iter(train_loader(reader, spec, 2, seed=3, worker_count=2, worker_buffer_size=1))
+    for _ in range(9):  # more batches than a worker's 4 slots: each slot is reused
+        a, b = next(inproc), next(it)
+        for key in ("lq", "gt"):
+            np.testing.assert_array_equal(a[key], b[key])
+    names = [Path("/dev/shm") / n.lstrip("/") for ring in it._rings.spec.segments for n in ring]
+    assert len(names) == 2 * 4 and all(p.exists() for p in names)
+    it.close()
+    assert not any(p.exists() for p in names)
 
 
 def test_device_conversion_is_numpys_division_for_every_value():
@@ -375,16 +386,26 @@ def _children_cpu() -> float:
 
 
 def test_a_killed_build_is_never_taken_for_a_finished_one(reds_folder, tmp_path):
-    data_dir = tmp_path / "tfds"
-    script = ("import sys, tensorflow_datasets as tfds; from edvr_jax.data import load_builder; "
-              f"load_builder('reds', data_dir={str(data_dir)!r}, manual_dir={str(reds_folder)!r})")
+    data_dir, written = tmp_path / "tfds", tmp_path / "a shard is written"
+    # The build stops after its first shard (a marker file, then a long sleep) and is killed there:
+    # polling for the shard instead could miss a build that finishes in between.
+    script = "\n".join([
+        "import time", "from edvr_jax.data import load_builder, shards",
+        "write = shards.RecordingWriter.write",
+        "def first_shard_then_wait(self, path, examples):",
+        "    write(self, path, examples)",
+        f"    open({str(written)!r}, 'w').close()",
+        "    time.sleep(600)",
+        "shards.RecordingWriter.write = first_shard_then_wait",
+        f"load_builder('reds', data_dir={str(data_dir)!r}, manual_dir={str(reds_folder)!r})"])
     proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     folder = data_dir / "edvr_reds" / "sr_x4-tiles"
     deadline = time.time() + 120
-    while not any(folder.glob("incomplete.*/*-train.array_record*")):  # a shard being written
-        assert proc.poll() is None and time.time() < deadline, "the build ended before it could be killed"
+    while not written.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "timeout"
         time.sleep(0.01)
+    assert any(folder.glob("incomplete.*/*.array_record*"))  # killed with a shard on disk
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (folder / "1.0.0" / "dataset_info.json").exists()

@@ -13,6 +13,7 @@ the training step makes them float on the device (``edvr_jax.training.step.batch
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import functools
 import json
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from edvr_jax.data.frames import DatasetError
+from edvr_jax.data import handoff
 from edvr_jax.data.grain_compat import allow_worker_processes
 from edvr_jax.data.reader import ClipReader
 from edvr_jax.errors import check_arguments
@@ -108,6 +110,11 @@ class _BatchPlan(grain.RandomAccessDataSource):
         self._len = self.batches_per_epoch * (num_epochs if num_epochs is not None else 10 ** 9)
         self._perm = (-1, None)
 
+    @property
+    def local_batch(self) -> int:
+        """This process's rows of a global batch."""
+        return self._local
+
     def from_batch(self, start: int) -> _BatchPlan:
         """The same plan, its record 0 being batch ``start``."""
         plan = copy.copy(self)
@@ -135,25 +142,29 @@ class _LoadBatch(grain.MapTransform):
     (interval, re-drawn centre, reverse, aligned crop, flips), each from its own
     RNG seeded by ``(seed, epoch, position)``. Only the crops are read."""
 
-    def __init__(self, reader: ClipReader, spec: WindowSpec, seed: int):
-        self.reader, self.spec, self.seed = reader, spec, seed
+    def __init__(self, reader: ClipReader, spec: WindowSpec, seed: int, ring: handoff.RingSpec | None = None):
+        self.reader, self.spec, self.seed, self.ring = reader, spec, seed, ring
+
+    def shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        p = self.spec.gt_size // self.reader.scale
+        return {"lq": (batch, self.spec.num_frame, p, p, 3), "gt": (batch, self.spec.gt_size, self.spec.gt_size, 3)}
 
     def map(self, rows):
-        spec = self.spec
-        p = spec.gt_size // self.reader.scale
-        lq = _batch_array((len(rows), spec.num_frame, p, p, 3))
-        gt = _batch_array((len(rows), spec.gt_size, spec.gt_size, 3))
-        try:
-            for i, (c, f, e, k) in enumerate(rows):
-                sample = self.sample(int(c), int(f), np.random.default_rng([self.seed, int(e), int(k), 1]))
-                np.copyto(_pixels(lq[i]), _pixels(sample["lq"]))
-                np.copyto(_pixels(gt[i]), _pixels(sample["gt"]))
-        except BaseException:
-            for a in (lq, gt):  # a worker's shared memory would otherwise outlive the error
-                if isinstance(a, grain.SharedMemoryArray):
-                    a.unlink_on_del()
-            raise
-        return {"lq": lq, "gt": gt}
+        """The batch of ``rows``; in a worker process it is written into the worker's ring of shared
+        memory and only ``{'worker', 'slot'}`` is returned (``handoff``)."""
+        if self.ring is None:
+            return self._fill({k: np.empty(s, np.uint8) for k, s in self.shapes(len(rows)).items()}, rows)
+        ring = _worker_ring(self.ring)
+        slot, out = ring.next_slot()
+        self._fill(out, rows)
+        return {"worker": np.int64(ring.worker), "slot": np.int64(slot)}
+
+    def _fill(self, out: dict[str, np.ndarray], rows) -> dict[str, np.ndarray]:
+        for i, (c, f, e, k) in enumerate(rows):
+            sample = self.sample(int(c), int(f), np.random.default_rng([self.seed, int(e), int(k), 1]))
+            for key in ("lq", "gt"):
+                np.copyto(_pixels(out[key][i]), _pixels(sample[key]))
+        return out
 
     def sample(self, clip: int, center: int, rng: np.random.Generator) -> dict:
         """One training sample, ``lq`` and ``gt`` as views: flips and the transpose are applied
@@ -191,18 +202,36 @@ def _pixels(a: np.ndarray) -> np.ndarray:
     return a.view("V3")[..., 0]
 
 
-# True in Grain's worker processes (``_in_worker_process``): batches are made in shared memory
-# there, so Grain hands them to the training process without copying them again.
-_shared_memory_batches = False
+# This process's index among Grain's worker processes (set by ``_in_worker_process``), and its ring.
+_worker = {"index": None, "ring": None}
 
 
 def _in_worker_process(index: int, count: int) -> None:
-    global _shared_memory_batches
-    _shared_memory_batches = True
+    _worker["index"] = index
+    _keep_freed_memory()
 
 
-def _batch_array(shape: tuple[int, ...]) -> np.ndarray:
-    return grain.SharedMemoryArray(shape, np.uint8) if _shared_memory_batches else np.empty(shape, np.uint8)
+def _keep_freed_memory() -> None:
+    """glibc's malloc in a worker: serve the 100-200 KB records from the heap and keep what is
+    freed, instead of mapping fresh pages for each record and unmapping them (82,000 page faults
+    a second per worker; +16-19 % clips/s without them: benchmarks/README.md). glibc adapts its
+    thresholds like this only after large frees, which a training process has had and a new
+    worker has not. Elsewhere (no glibc) nothing is changed."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 128 << 20)
+
+
+def _worker_ring(spec: handoff.RingSpec) -> handoff.WorkerRing:
+    if _worker["ring"] is None:
+        if _worker["index"] is None:
+            raise RuntimeError("a batch ring is only written from a Grain worker process")
+        _worker["ring"] = handoff.WorkerRing(spec, _worker["index"])
+    return _worker["ring"]
 
 
 def auto_worker_count() -> int:
@@ -221,14 +250,21 @@ class TrainBatches:
     def __init__(self, plan: _BatchPlan, load: _LoadBatch, worker_count: int, worker_buffer_size: int):
         self._plan, self._load = plan, load
         self._workers, self._buffer = worker_count, worker_buffer_size
-        self._next, self._it = 0, None
+        self._next, self._it, self._rings = 0, None, None
 
     def _start(self) -> grain.DatasetIterator:
         """Grain's dataset pipeline from batch ``self._next``: the plan's rows, loaded, in
         ``self._workers`` processes (each makes every n-th batch; Grain keeps their order)."""
         # One thread hands out the rows (cheap); the default 16 would only compete with the loading.
+        load = self._load
+        if self._workers:
+            # A batch can wait in Grain's queue (buffer) and in its interleave (buffer) while the
+            # worker writes the next one: 2 * buffer + 2 slots keep a worker from waiting on them.
+            self._rings = handoff.Rings(self._workers, 2 * self._buffer + 2, load.shapes(self._plan.local_batch))
+            load = copy.copy(load)
+            load.ring = self._rings.spec
         ds = grain.MapDataset.source(self._plan.from_batch(self._next)).to_iter_dataset(
-            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).map(self._load)
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).map(load)
         if self._workers:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers,
                                                              per_worker_buffer_size=self._buffer),
@@ -243,6 +279,8 @@ class TrainBatches:
             self._it = self._start()
         try:
             batch = next(self._it)
+            if self._rings is not None:
+                batch = self._rings.take(batch)
         except BaseException:
             self.close()  # the workers now, not at interpreter exit (where Grain 0.2.18's finalizer may fail)
             raise
@@ -272,9 +310,14 @@ class TrainBatches:
 
     def close(self) -> None:
         """Ends the worker processes (a later ``next`` starts them again)."""
+        if self._rings is not None:
+            self._rings.wake_workers()
         if self._it is not None:
             self._it.close()
             self._it = None
+        if self._rings is not None:
+            self._rings.close()
+            self._rings = None
 
     def __del__(self):
         self.close()
