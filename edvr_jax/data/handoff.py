@@ -4,8 +4,8 @@ Each worker owns a ring of ``slots`` batch-sized shared-memory segments made onc
 process. A worker writes batch ``m`` into slot ``m % slots`` and hands over only the slot number;
 the training process copies the batch out and gives the slot back by writing one byte into the
 worker's FIFO, which the worker reads before it reuses a slot. A new segment per batch (Grain's
-own hand-off) costs a page fault per 4 KiB page on both sides, ~2,100 per 8 MiB batch, which
-made a worker ~1.7x slower than the same loading in one process (benchmarks/README.md).
+own hand-off) costs a page fault per 4 KiB page, ~2,100 per 8 MiB batch: 7.7-8.7 ms to make, fill
+and unlink against 0.3-1.2 ms to fill memory already mapped (benchmarks/README.md).
 
 A batch never leaves a slot uncopied, so the arrays the training process gets are its own; a
 worker only blocks when all its slots are waiting in Grain's buffers, which the training process
