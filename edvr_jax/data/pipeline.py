@@ -255,7 +255,6 @@ class TrainBatches:
     def _start(self) -> grain.DatasetIterator:
         """Grain's dataset pipeline from batch ``self._next``: the plan's rows, loaded, in
         ``self._workers`` processes (each makes every n-th batch; Grain keeps their order)."""
-        # One thread hands out the rows (cheap); the default 16 would only compete with the loading.
         load = self._load
         if self._workers:
             # A batch can wait in Grain's queue (buffer) and in its interleave (buffer) while the
@@ -263,6 +262,7 @@ class TrainBatches:
             self._rings = handoff.Rings(self._workers, 2 * self._buffer + 2, load.shapes(self._plan.local_batch))
             load = copy.copy(load)
             load.ring = self._rings.spec
+        # One thread hands out the rows (cheap); the default 16 would only compete with the loading.
         ds = grain.MapDataset.source(self._plan.from_batch(self._next)).to_iter_dataset(
             grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)).map(load)
         if self._workers:
