@@ -143,22 +143,20 @@ def _one_core_rate(make, batch: int, seconds: float, cpu: int) -> tuple[float, f
         try:
             return _rate(it, batch, seconds)
         finally:
-            close = getattr(it, "close", None)
-            if close:
-                close()
+            it.close()  # a TrainBatches or a generator (BasicSR's)
 
 
 def _side_by_side_child(conn, make, batch: int, seconds: float, cpu: int) -> None:
     conn.send(_one_core_rate(make, batch, seconds, cpu))
 
 
-def _side_by_side(make, batch: int, seconds: float) -> tuple[float, float]:
-    """Two one-core loaders at once, in two processes pinned to CPUs 0 and 1: their summed wall
-    clips/s (and the mean per CPU-second)."""
+def _side_by_side(make, batch: int, seconds: float, cpus: list[int]) -> tuple[float, float]:
+    """Two one-core loaders at once, in two processes pinned to ``cpus`` (two of them): their summed
+    wall clips/s (and the mean per CPU-second)."""
     ctx = multiprocessing.get_context("spawn")
-    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    pipes = [ctx.Pipe(duplex=False) for _ in cpus]
     procs = [ctx.Process(target=_side_by_side_child, args=(w, make, batch, seconds, cpu))
-             for cpu, (_, w) in enumerate(pipes)]
+             for cpu, (_, w) in zip(cpus, pipes)]
     for p in procs:
         p.start()
     rates = [r.recv() for r, _ in pipes]
@@ -254,7 +252,7 @@ def bench_pipeline(results, quick: bool, basicsr_src: str | None = None) -> dict
                 if how == "one core":
                     rates[name].append(_one_core_rate(make, batch, seconds, cpus[0]))
                 elif how == "side by side":
-                    rates[name].append(_side_by_side(make, batch, seconds))
+                    rates[name].append(_side_by_side(make, batch, seconds, cpus[:2]))
                 else:
                     it = make()
                     rates[name].append(_rate(it, batch, seconds))

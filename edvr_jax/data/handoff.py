@@ -36,10 +36,6 @@ class RingSpec:
     def slots(self) -> int:
         return len(self.segments[0])
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(np.prod(s)) for _, s in self.shapes)
-
 
 def _views(buf, shapes) -> dict[str, np.ndarray]:
     out, offset = {}, 0
