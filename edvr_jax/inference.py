@@ -10,6 +10,7 @@ linear ramps across the overlaps, so memory is bounded by the tile, not the fram
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 from typing import Any, Callable, Iterable, Iterator
@@ -66,6 +67,14 @@ def _ramp(length: int, starts: list[int], index: int, overlap: int, scale: int) 
     return np.clip(w, 1e-3, 1.0)
 
 
+@functools.lru_cache(maxsize=16)
+def jitted_apply(model: EDVR) -> Callable:
+    """``jax.jit`` of ``model.apply(params, x)`` keeping the sown intermediates, one per model
+    configuration: restorers of equal models (checkpoints of one architecture) share its traces
+    and compiled programs instead of tracing and compiling the model again."""
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
+
+
 @dataclasses.dataclass
 class StageRunner:
     """One EDVR applied to every frame of a float clip, tiled when asked.
@@ -83,8 +92,7 @@ class StageRunner:
 
     def __post_init__(self):
         if self.apply_fn is None:
-            model = self.model
-            jitted = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
+            jitted = jitted_apply(self.model)
 
             def apply(params, x):
                 out, state = jitted(params, x)

@@ -1,5 +1,6 @@
 """Metrics, clip restoration at any size (padding, tiles), exports, eval.py / restore CLIs, bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -109,6 +110,28 @@ def test_any_frame_size_is_padded_and_cropped_back(tiny):
     np.testing.assert_allclose(out[0], direct, atol=1e-6)
     u8 = Restorer(model, params)((clip * 255).astype(np.uint8))
     assert u8.dtype == np.uint8 and u8.shape == out.shape
+
+
+def test_restorers_of_equal_models_share_one_compiled_program(tiny):
+    """A second restorer of an equal model (other weights: another checkpoint of the architecture)
+    traces and compiles nothing, and still gives its own weights' output."""
+    from edvr_jax.inference import jitted_apply
+    from edvr_jax.models import EDVR
+
+    model, params = tiny
+    clip = np.random.default_rng(2).random((5, 8, 12, 3)).astype(np.float32)
+    program = jitted_apply(model)
+    before = program._cache_size()
+    first = Restorer(model, params)(clip)
+    compiled = program._cache_size()
+    assert compiled == before + 1  # this clip's shape is no other test's
+    other = jax.tree.map(lambda x: 0.9 * x, params)
+    again = Restorer(EDVR(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                             if f.name not in ("parent", "name")}), other)(clip)
+    assert jitted_apply(model) is program and program._cache_size() == compiled
+    assert np.abs(again - first).max() > 1e-3
+    direct = np.asarray(jax.jit(model.apply)({"params": other}, clip[window_table(5, 5, "reflection_circle")[0]][None]))
+    np.testing.assert_allclose(again[0], direct[0], atol=1e-6)
 
 
 def _far_from_seams(size, tile, overlap, margin):
