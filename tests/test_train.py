@@ -220,20 +220,39 @@ def test_same_steps_on_1_and_8_devices_data_parallel_and_fsdp(data_dir):
         assert dist / ref_norm < 1e-4, (data, fsdp)
 
 
-def test_a_non_finite_step_is_not_applied(data_dir):
-    """The reference run's step (same program, from the compilation cache) on a NaN batch."""
+def _nan_step_program(data_dir):
+    """The tiny run's state and jitted step on all 8 host devices (the reference run's mesh), built
+    from a fresh config, model and optimizer, and a NaN batch in the mesh's sharding."""
     cfg = tiny_config(data_dir)
     model = EDVR(**cfg.model, offset_warning=False)
     schedule = training.make_schedule(cfg.optim)
     tx = training.make_tx(cfg.optim, schedule)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)  # all 8 host devices, as the reference run
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     state, shardings = training.init_sharded_state(cfg, model, tx, mesh, model.input_shape(1, 8, 8))
-    before = jax.device_get(state)
     batch = {"lq": np.full((8, 5, 8, 8, 3), np.nan, np.float32), "gt": np.zeros((8, 32, 32, 3), np.float32)}
     step = training.jit_train_step(cfg, model, tx, schedule, shardings, mesh)
-    new, metrics = step(state, sharding.global_batch(batch, sharding.batch_sharding(mesh)))
+    return state, step, sharding.global_batch(batch, sharding.batch_sharding(mesh))
+
+
+def test_a_non_finite_step_is_not_applied_and_an_equal_config_traces_nothing_again(data_dir):
+    state, step, batch = _nan_step_program(data_dir)
+    before = jax.device_get(state)
+    new, metrics = step(state, batch)
     assert not bool(metrics["finite"])
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(new), before)
+    # The same run built again in this process (a notebook's second run, a resume): its state's
+    # init and its step are the first build's programs; nothing is traced, lowered or compiled.
+    events = []
+    listener = lambda event, secs, **kw: events.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        state2, step2, batch2 = _nan_step_program(data_dir)
+        new2, _ = step2(state2, batch2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert step2.__wrapped__ is step.__wrapped__
+    assert not [e for e in events if e.endswith(("jaxpr_to_mlir_module_duration", "backend_compile_duration"))], events
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(new2), before)
 
 
 # --- a whole run in-process ---------------------------------------------------------------------

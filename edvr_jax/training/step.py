@@ -24,15 +24,43 @@ from edvr_jax import optim, sharding
 from edvr_jax.models.edvr import EDVR
 
 
+# Equal configs give the same schedule, optimizer and bound functions (the caches below), so that
+# a second run in a process (a notebook's, or a resume) reuses the traces and compiled programs of
+# the first instead of tracing the model again: jax.jit keys its traces on the function object.
+
+def _frozen(node):
+    """A config node as nested tuples: equal configs, equal (hashable) keys."""
+    if hasattr(node, "items"):
+        return tuple(sorted((k, _frozen(v)) for k, v in node.items()))
+    if isinstance(node, (list, tuple)):
+        return tuple(_frozen(v) for v in node)
+    return node
+
+
 def make_schedule(optim_cfg) -> Callable:
-    return optim.cosine_annealing_restart(optim_cfg.lr, optim_cfg.periods, optim_cfg.restart_weights,
-                                          optim_cfg.eta_min)
+    return _schedule(_frozen(optim_cfg))
 
 
 def make_tx(optim_cfg, schedule: Callable) -> optax.GradientTransformation:
-    return optim.make_optimizer(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                                tsa_iter=optim_cfg.tsa_iter, dcn_lr_mul=optim_cfg.dcn_lr_mul,
-                                grad_clip=optim_cfg.grad_clip or None)
+    return _tx(_frozen(optim_cfg), schedule)
+
+
+@functools.lru_cache(maxsize=8)
+def _schedule(optim_key) -> Callable:
+    c = dict(optim_key)
+    return optim.cosine_annealing_restart(c["lr"], c["periods"], c["restart_weights"], c["eta_min"])
+
+
+@functools.lru_cache(maxsize=8)
+def _tx(optim_key, schedule: Callable) -> optax.GradientTransformation:
+    c = dict(optim_key)
+    return optim.make_optimizer(schedule, b1=c["b1"], b2=c["b2"], weight_decay=c["weight_decay"],
+                                tsa_iter=c["tsa_iter"], dcn_lr_mul=c["dcn_lr_mul"], grad_clip=c["grad_clip"] or None)
+
+
+@functools.lru_cache(maxsize=8)
+def _bound(fn: Callable, **kwargs) -> Callable:
+    return functools.partial(fn, **kwargs)
 
 
 def create_train_state(rng: jax.Array, *, model: EDVR, tx: optax.GradientTransformation,
@@ -97,16 +125,15 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *, model: EDV
 
 def jit_train_step(cfg, model: EDVR, tx, schedule, state_shardings, mesh):
     """``train_step`` bound to the config and jitted with the state's and the batch's shardings."""
-    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, loss_eps=cfg.loss.eps,
-                             loss_reduction=cfg.loss.reduction, ema_decay=cfg.ema_decay)
+    step = _bound(train_step, model=model, tx=tx, schedule=schedule, loss_eps=cfg.loss.eps,
+                  loss_reduction=cfg.loss.reduction, ema_decay=cfg.ema_decay)
     return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
 def init_sharded_state(cfg, model: EDVR, tx, mesh, input_shape) -> tuple[dict[str, Any], Any]:
     """The initial state created directly in its shardings (the config's regex rules)."""
-    init = functools.partial(create_train_state, model=model, tx=tx, input_shape=input_shape,
-                             ema=bool(cfg.ema_decay))
+    init = _bound(create_train_state, model=model, tx=tx, input_shape=tuple(input_shape), ema=bool(cfg.ema_decay))
     rng = jax.random.key(cfg.seed)
     shapes = jax.eval_shape(init, rng)
     shardings = sharding.tree_shardings(shapes, mesh, [tuple(r) for r in cfg.sharding_rules])
