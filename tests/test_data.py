@@ -163,6 +163,19 @@ def test_empty_manual_dir_is_an_error(tmp_path):
         _build(EdvrVid4, tmp_path / "empty", tmp_path / "d")
 
 
+def test_a_builder_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """TFDS looks for a new dataset's info on its bucket through an empty temporary folder that it
+    never removes; ours are built here only and skip the look-up."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    builder = EdvrVid4(data_dir=str(tmp_path / "data"))
+    assert not builder.info.splits  # not built: the look-up would have run
+    assert list(temp.iterdir()) == []
+
+
 # --- the demo set ------------------------------------------------------------------------------
 
 def test_demo_lq_is_the_matlab_bicubic_of_gt(demo_builder):

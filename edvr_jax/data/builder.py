@@ -78,6 +78,14 @@ def _load(item, what: str) -> np.ndarray:
     return read_rgb(item)
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """The info of a dataset that is only ever built here: TFDS does not look for precomputed info
+    on its bucket (offline it found none and left an empty ``/tmp/tmp*tfds`` folder per builder)."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
 class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
     """Base builder: subclasses define ``BUILDER_CONFIGS`` and ``_clips(manual_dir) -> {split: [Clip]}``.
 
@@ -94,7 +102,8 @@ class VideoRestorationBuilder(tfds.core.GeneratorBasedBuilder):
         layouts.check_layout(self.builder_config.layout)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
+        return _LocalDatasetInfo(
+            builder=self,
             features=layouts.features(self.builder_config.layout),
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
