@@ -91,12 +91,13 @@ def _free_port() -> int:
 
 @pytest.mark.heavy
 def test_two_processes_match_one(reference_run, data_dir, tmp_path):
-    """Two hosts of four devices each (one global mesh of 8) against the one-host run of 8."""
+    """Two hosts of four devices each (one global mesh of 8) against the one-host run of 8: the
+    first 4 steps and a checkpoint (each further step and save of two processes cost ~2 s)."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "--xla_force_host_platform_device_count=4",
                    os.environ["XLA_FLAGS"])
     port, env = _free_port(), _env(XLA_FLAGS=flags)
     procs = [subprocess.Popen(_cmd(tmp_path / "mp", data_dir, "--num_processes=2", f"--process_id={i}",
-                                   f"--coordinator=localhost:{port}"),
+                                   f"--coordinator=localhost:{port}", "--config.total_steps=4"),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -104,4 +105,5 @@ def test_two_processes_match_one(reference_run, data_dir, tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert "mesh {'data': 8, 'fsdp': 1}" in outs[0][1]
     ref, got = _losses(reference_run), _losses(tmp_path / "mp")
-    np.testing.assert_allclose([got[s] for s in sorted(ref)], [ref[s] for s in sorted(ref)], rtol=2e-4)
+    assert sorted(got) == [1, 2, 3, 4] and weights.run_steps(tmp_path / "mp") == [4]
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [ref[s] for s in sorted(got)], rtol=2e-4)
