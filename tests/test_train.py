@@ -178,8 +178,15 @@ def test_tensorboard_events_are_tf_summarys_without_tensorflow(tmp_path):
 
 # --- the train step on device meshes ------------------------------------------------------------
 
+def _run_model(cfg):
+    """The model ``training.train`` builds from ``cfg`` (equal to it: the same cached programs)."""
+    from edvr_jax.training.loop import _build_model
+
+    return _build_model(cfg, 4, "demo")
+
+
 def _run_steps(cfg, devices, data, fsdp, batches):
-    model = EDVR(**cfg.model, offset_warning=False)
+    model = _run_model(cfg)
     schedule = training.make_schedule(cfg.optim)
     tx = training.make_tx(cfg.optim, schedule)
     mesh = sharding.make_mesh(data, fsdp, devices)
@@ -199,8 +206,10 @@ def test_same_steps_on_1_and_8_devices_data_parallel_and_fsdp(data_dir):
     rng = np.random.default_rng(0)
     gt = rng.random((4, 8, 32, 32, 3), np.float32)
     lq = gt.reshape(4, 8, 8, 4, 8, 4, 3).mean((3, 5))  # box-downsampled GT, repeated over 5 frames
-    batches = [{"lq": np.repeat(lq[i][:, None], 5, 1) + 0.01 * rng.standard_normal((8, 5, 8, 8, 3), np.float32),
-                "gt": gt[i]} for i in range(4)]
+    lq = np.repeat(lq[:, :, None], 5, 2) + 0.01 * rng.standard_normal((4, 8, 5, 8, 8, 3), np.float32)
+    u8 = lambda a: np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    # uint8, as the pipeline's: on 8 devices this is the reference run's program (compiled once per session).
+    batches = [{"lq": u8(lq[i]), "gt": u8(gt[i])} for i in range(4)]
     devices = jax.devices()
     assert len(devices) == 8  # conftest asks XLA for 8 host devices
     ref_losses, ref, specs1 = _run_steps(cfg, devices[:1], 1, 1, batches)
@@ -224,7 +233,7 @@ def _nan_step_program(data_dir):
     """The tiny run's state and jitted step on all 8 host devices (the reference run's mesh), built
     from a fresh config, model and optimizer, and a NaN batch in the mesh's sharding."""
     cfg = tiny_config(data_dir)
-    model = EDVR(**cfg.model, offset_warning=False)
+    model = _run_model(cfg)
     schedule = training.make_schedule(cfg.optim)
     tx = training.make_tx(cfg.optim, schedule)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
