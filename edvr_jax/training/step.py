@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -27,35 +28,25 @@ from edvr_jax.models.edvr import EDVR
 # Equal configs give the same schedule, optimizer and bound functions (the caches below), so that
 # a second run in a process (a notebook's, or a resume) reuses the traces and compiled programs of
 # the first instead of tracing the model again: jax.jit keys its traces on the function object.
-
-def _frozen(node):
-    """A config node as nested tuples: equal configs, equal (hashable) keys."""
-    if hasattr(node, "items"):
-        return tuple(sorted((k, _frozen(v)) for k, v in node.items()))
-    if isinstance(node, (list, tuple)):
-        return tuple(_frozen(v) for v in node)
-    return node
-
+# FrozenConfigDict: hashable, equal for equal configs.
 
 def make_schedule(optim_cfg) -> Callable:
-    return _schedule(_frozen(optim_cfg))
+    return _schedule(ml_collections.FrozenConfigDict(optim_cfg))
 
 
 def make_tx(optim_cfg, schedule: Callable) -> optax.GradientTransformation:
-    return _tx(_frozen(optim_cfg), schedule)
+    return _tx(ml_collections.FrozenConfigDict(optim_cfg), schedule)
 
 
 @functools.lru_cache(maxsize=8)
-def _schedule(optim_key) -> Callable:
-    c = dict(optim_key)
-    return optim.cosine_annealing_restart(c["lr"], c["periods"], c["restart_weights"], c["eta_min"])
+def _schedule(c: ml_collections.FrozenConfigDict) -> Callable:
+    return optim.cosine_annealing_restart(c.lr, c.periods, c.restart_weights, c.eta_min)
 
 
 @functools.lru_cache(maxsize=8)
-def _tx(optim_key, schedule: Callable) -> optax.GradientTransformation:
-    c = dict(optim_key)
-    return optim.make_optimizer(schedule, b1=c["b1"], b2=c["b2"], weight_decay=c["weight_decay"],
-                                tsa_iter=c["tsa_iter"], dcn_lr_mul=c["dcn_lr_mul"], grad_clip=c["grad_clip"] or None)
+def _tx(c: ml_collections.FrozenConfigDict, schedule: Callable) -> optax.GradientTransformation:
+    return optim.make_optimizer(schedule, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, tsa_iter=c.tsa_iter,
+                                dcn_lr_mul=c.dcn_lr_mul, grad_clip=c.grad_clip or None)
 
 
 @functools.lru_cache(maxsize=8)
